@@ -1,0 +1,53 @@
+"""ds-plugin: DeepSeek-V3/R1/V3.1 serving for vLLM.
+
+`import ds_plugin` imports nothing heavy and works where vLLM is absent (the GPU kernel
+machine has none). vLLM calls `register()` through the `vllm.general_plugins` entry point
+in every process it starts; it is the only place that touches vLLM's registries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__version__ = "0.1.0"
+__all__ = ["register", "PLUGIN_NAME", "MODELS", "TOOL_PARSERS", "REASONING_PARSERS"]
+
+PLUGIN_NAME = "ds_plugin"
+
+# Every registration the plugin makes. Targets are strings so registration imports no
+# model code; later issues add rows here and nowhere else.
+MODELS: dict[str, str] = {}
+TOOL_PARSERS: dict[str, tuple[str, str]] = {}
+REASONING_PARSERS: dict[str, tuple[str, str]] = {}
+
+log = logging.getLogger("ds_plugin")
+
+
+def _allowed_by_vllm_plugins() -> bool:
+    # vLLM filters entry points by VLLM_PLUGINS itself; checking again here keeps a
+    # direct call (tests, other launchers) consistent with what vLLM would do.
+    allow = os.environ.get("VLLM_PLUGINS")
+    if allow is None:
+        return True
+    return PLUGIN_NAME in {p.strip() for p in allow.split(",")}
+
+
+def register() -> None:
+    """Register ds-plugin's models, parsers and backends with vLLM.
+
+    Lazy (string targets), idempotent (each registry call writes the same entry again),
+    and silent on an unsupported vLLM beyond one error line.
+    """
+    if not _allowed_by_vllm_plugins():
+        return
+    from ds_plugin import _vllm
+
+    if not _vllm.version_supported():
+        return
+    for arch, target in MODELS.items():
+        _vllm.register_model(arch, target)
+    for name, (module, cls) in TOOL_PARSERS.items():
+        _vllm.register_tool_parser(name, module, cls)
+    for name, (module, cls) in REASONING_PARSERS.items():
+        _vllm.register_reasoning_parser(name, module, cls)
