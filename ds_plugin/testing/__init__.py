@@ -1,1 +1,2 @@
-"""ds_plugin.testing"""
+"""Test and demo support that ships with the package: tiny DeepSeek-format checkpoints
+(`checkpoint`) and a real vLLM server harness (`server`). Neither imports vLLM."""
