@@ -1,3 +1,11 @@
 """Triton kernels and their fp32 torch twins. Imports torch and triton only, never vLLM."""
 
-__all__: list[str] = []
+from ds_plugin.kernels.fp8_gemm import fp8_block_gemm_nt
+from ds_plugin.kernels.fp8_moe import fp8_fused_moe, fp8_grouped_gemm_nt, moe_align
+from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_block_dequant, fp8_silu_mul_quant
+
+__all__: list[str] = [
+    # block-FP8 (DeepSeek-V3 checkpoints): fp8_quant.py, fp8_gemm.py, fp8_moe.py
+    "fp8_act_quant", "fp8_silu_mul_quant", "fp8_block_dequant", "fp8_block_gemm_nt",
+    "moe_align", "fp8_grouped_gemm_nt", "fp8_fused_moe",
+]

@@ -1,0 +1,115 @@
+"""Fused block-FP8 MoE: align invariants, each grouped GEMM vs fp32, and the whole layer."""
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:  # must precede the first Triton import: @triton.jit reads it at decoration
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from ds_plugin.kernels.fp8_moe import fp8_fused_moe, fp8_grouped_gemm_nt, moe_align  # noqa: E402
+from ds_plugin.kernels.fp8_quant import fp8_act_quant  # noqa: E402
+from ds_plugin.kernels.ref_fp8 import (calc_diff, random_fp8_weight, ref_act_dequant,  # noqa: E402
+                                       ref_fused_moe, ref_weight_dequant)
+
+DEV = "cuda" if CUDA else "cpu"
+
+
+def _routing(m, e, k, seed=0, skew=False):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    logits = torch.randn(m, e, generator=g, device=DEV)
+    if skew:  # most tokens on expert 0: one long run, many empty experts
+        logits[:, 0] += 10
+    w, ids = logits.softmax(-1).topk(k)
+    return w, ids
+
+
+@pytest.mark.parametrize("m,e,k,bm", [(1, 8, 2, 16), (7, 5, 3, 16), (40, 16, 4, 32),
+                                      (64, 4, 1, 64), (0, 4, 2, 16), (9, 6, 2, 16)])
+def test_align_invariants(m, e, k, bm):
+    _, ids = _routing(m, e, k, skew=(m == 9))
+    sorted_ids, block_expert = moe_align(ids, e, bm)
+    pairs = m * k
+    assert sorted_ids.numel() % bm == 0 and block_expert.numel() == sorted_ids.numel() // bm
+    real = sorted_ids[sorted_ids < pairs]
+    assert torch.equal(real.sort().values.long(), torch.arange(pairs, device=DEV))  # each once
+    flat = ids.reshape(-1)
+    for b, ex in enumerate(block_expert.tolist()):
+        rows = sorted_ids[b * bm:(b + 1) * bm]
+        rows = rows[rows < pairs].long()
+        if ex < 0:
+            assert rows.numel() == 0  # past the end: padding only
+        else:
+            assert rows.numel() > 0 and (flat[rows] == ex).all()
+            assert torch.equal(rows, rows.sort().values)  # stable: token order kept
+
+
+def _experts(e, h, i, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    w13, s13 = random_fp8_weight((e, 2 * i, h), DEV, generator=g)
+    w2, s2 = random_fp8_weight((e, h, i), DEV, generator=g)
+    return w13, s13, w2, s2
+
+
+@pytest.mark.parametrize("m,h,n,e,k", [(5, 256, 192, 6, 2), (3, 300, 130, 3, 3)])
+def test_grouped_gemm_each_pair(m, h, n, e, k):
+    # Gate/up stage: row p of the output is token p // k times its expert's weight.
+    g = torch.Generator(device=DEV).manual_seed(1)
+    x = torch.randn(m, h, generator=g, device=DEV).to(torch.bfloat16)
+    w, w_s = random_fp8_weight((e, n, h), DEV, generator=g)
+    tw, ids = _routing(m, e, k)
+    sorted_ids, block_expert = moe_align(ids, e, 16)
+    xq, xs = fp8_act_quant(x)
+    out = fp8_grouped_gemm_nt(xq, xs, w, w_s, sorted_ids, block_expert, m * k, k,
+                              topk_weights=tw.reshape(-1))
+    xd = ref_act_dequant(xq, xs)
+    for p in range(m * k):
+        t, j = divmod(p, k)
+        ex = int(ids[t, j])
+        ref = (xd[t] @ ref_weight_dequant(w[ex], w_s[ex]).t()) * tw[t, j]
+        tol = ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12  # 1 bf16 ulp, see test_fp8_gemm
+        assert ((out[p].float() - ref).abs() <= tol).all(), f"pair {p} expert {ex}"
+
+
+SMALL = [(5, 256, 128, 6, 2), (1, 256, 128, 4, 1), (17, 384, 256, 8, 3)]
+DSV3 = [(m, 7168, 2048, 256, 8) for m in (1, 64)]
+
+
+@pytest.mark.parametrize("m,h,i,e,k", SMALL + (DSV3 if CUDA else []))
+def test_fused_moe_matches_reference(m, h, i, e, k):
+    # The SiLU output is quantized to fp8 a second time; a one-ulp bf16 difference in the
+    # gate/up product can move one of its codes by a whole e4m3 step (2**-3), so the layer
+    # is held to a similarity budget (DeepGEMM's FP8 budget, 1e-3), not an ulp bound.
+    w13, s13, w2, s2 = _experts(e, h, i)
+    g = torch.Generator(device=DEV).manual_seed(2)
+    x = torch.randn(m, h, generator=g, device=DEV).to(torch.bfloat16)
+    tw, ids = _routing(m, e, k, seed=3)
+    out = fp8_fused_moe(x, tw, ids, w13, s13, w2, s2)
+    ref = ref_fused_moe(x, tw, ids, w13, s13, w2, s2)
+    assert not out.float().isnan().any()
+    assert calc_diff(out, ref) < 1e-3, calc_diff(out, ref)
+
+
+def test_fused_moe_ignores_poisoned_padding_and_unused_experts():
+    # Experts nobody routes to hold NaN weights: reading them would poison the output.
+    e, h, i = 6, 256, 128
+    w13, s13, w2, s2 = _experts(e, h, i)
+    x = torch.randn(4, h, device=DEV).to(torch.bfloat16)
+    ids = torch.tensor([[0, 2]] * 4, device=DEV)
+    tw = torch.full((4, 2), 0.5, device=DEV)
+    for unused in (1, 3, 4, 5):
+        s13[unused] = float("nan")
+        s2[unused] = float("nan")
+    out = fp8_fused_moe(x, tw, ids, w13, s13, w2, s2)
+    ref = ref_fused_moe(x, tw, ids, w13, s13, w2, s2)
+    assert calc_diff(out, ref) < 1e-3
+
+
+def test_fused_moe_rejects_mismatched_experts():
+    w13, s13, w2, s2 = _experts(2, 256, 128)
+    with pytest.raises(ValueError, match="w13"):
+        fp8_fused_moe(torch.zeros(1, 128, dtype=torch.bfloat16, device=DEV),
+                      torch.ones(1, 1, device=DEV), torch.zeros(1, 1, dtype=torch.long, device=DEV),
+                      w13, s13, w2, s2)
