@@ -1,0 +1,256 @@
+"""Paged MLA decode (absorbed attention in latent space), split-KV with an LSE merge.
+
+All query heads of a sequence share one latent key per cached token: a 576-wide row whose first
+kv_lora_rank (512) values are also the value. One program therefore loads a tile of cached rows
+once and multiplies it against a block of query rows: `heads x s_q` rows, where s_q > 1 query
+tokens per sequence (MTP verification) are causal among themselves. Query token t of a sequence
+with `seq_len` cached tokens (new tokens included) sees positions `< seq_len - s_q + 1 + t`.
+
+Flash-decoding: each sequence's keys are cut into `num_splits` equal pieces, each program reduces
+one piece to a partial output and a base-2 LSE in an fp32 workspace, and a second kernel merges the
+pieces. The piece length is computed on the device from each sequence's own length, so one
+`num_splits`, chosen on the host from shapes only, serves any lengths: no host sync, and a CUDA
+graph captured once replays for other lengths. With one split the first kernel writes the final
+output directly.
+
+FP8 e4m3 cache: rows are upcast to bf16 in registers and the per-tensor `k_scale` is applied to the
+scores and to the output (the value is the same latent, so the same scale).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ds_plugin.kernels.mla_kv_cache import as_fp8_cache
+
+LOG2E = 1.4426950408889634
+MIN_TOKENS_PER_SPLIT = 256
+
+
+@triton.jit
+def _mla_decode_part_kernel(
+        Q, KV, BT, SEQ, KSCALE, OP, LP, O, LSE,
+        sm_scale_log2,
+        stride_q_b, stride_q_r, stride_kv_blk, stride_kv_tok, stride_bt_b,
+        stride_op_b, stride_op_r, stride_op_s, stride_lp_b, stride_lp_r,
+        stride_o_b, stride_o_r, stride_lse_b,
+        num_splits,
+        ROWS: tl.constexpr, HEADS: tl.constexpr, S_Q: tl.constexpr,
+        RANK: tl.constexpr, ROPE: tl.constexpr, PAGE: tl.constexpr,
+        FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = tl.program_id(0)
+    hb = tl.program_id(1)
+    sp = tl.program_id(2)
+    seq_len = tl.load(SEQ + b)
+    rows = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < ROWS
+    # Causal extent of each query row (rows are token-major: row = t * HEADS + head).
+    row_end = seq_len - S_Q + 1 + rows // HEADS
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    start = sp * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    offs_c = tl.arange(0, RANK)
+    offs_r = tl.arange(0, ROPE)
+    q_row = Q + b.to(tl.int64) * stride_q_b + rows[:, None] * stride_q_r
+    q_c = tl.load(q_row + offs_c[None, :], mask=row_ok[:, None], other=0.0)
+    q_r = tl.load(q_row + RANK + offs_r[None, :], mask=row_ok[:, None], other=0.0)
+    if DOT_F32:
+        q_c = q_c.to(tl.float32)
+        q_r = q_r.to(tl.float32)
+    qk_scale = sm_scale_log2
+    if FP8:
+        k_scale = tl.load(KSCALE)
+        qk_scale = qk_scale * k_scale
+
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, RANK], tl.float32)
+    bt_row = BT + b.to(tl.int64) * stride_bt_b
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = n < end
+        # Masked loads: pages past the sequence (and their block-table entries) may hold anything.
+        page = tl.load(bt_row + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+        kv_row = KV + page * stride_kv_blk + (n % PAGE) * stride_kv_tok
+        k_c = tl.load(kv_row[:, None] + offs_c[None, :], mask=n_ok[:, None], other=0.0)
+        k_r = tl.load(kv_row[:, None] + RANK + offs_r[None, :], mask=n_ok[:, None], other=0.0)
+        if FP8 or DOT_F32:
+            k_c = k_c.to(q_c.dtype)
+            k_r = k_r.to(q_c.dtype)
+        s = tl.dot(q_c, tl.trans(k_c)) + tl.dot(q_r, tl.trans(k_r))
+        s = tl.where(n[None, :] < row_end[:, None], s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        # A row that has seen no visible key yet keeps m = -inf; shift by 0 to avoid inf - inf.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(O.dtype.element_ty).to(k_c.dtype), k_c)
+        m = m_new
+
+    empty = l == 0.0
+    out = acc / tl.where(empty, 1.0, l)[:, None]
+    lse2 = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
+    if FP8:
+        out = out * k_scale
+    if DIRECT:
+        o_ptr = O + b.to(tl.int64) * stride_o_b + rows[:, None] * stride_o_r + offs_c[None, :]
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(LSE + b.to(tl.int64) * stride_lse_b + rows, lse2 * 0.6931471805599453, mask=row_ok)
+    else:
+        op = OP + b.to(tl.int64) * stride_op_b + rows[:, None] * stride_op_r + sp * stride_op_s
+        tl.store(op + offs_c[None, :], out, mask=row_ok[:, None])
+        tl.store(LP + b.to(tl.int64) * stride_lp_b + rows * stride_lp_r + sp, lse2, mask=row_ok)
+
+
+@triton.jit
+def _mla_decode_merge_kernel(OP, LP, O, LSE, num_splits,
+                             stride_op_b, stride_op_r, stride_op_s, stride_lp_b, stride_lp_r,
+                             stride_o_b, stride_o_r, stride_lse_b,
+                             ROWS: tl.constexpr, RANK: tl.constexpr):
+    b = tl.program_id(0)
+    r = tl.program_id(1)
+    lp = LP + b.to(tl.int64) * stride_lp_b + r * stride_lp_r
+    op = OP + b.to(tl.int64) * stride_op_b + r * stride_op_r
+    offs = tl.arange(0, RANK)
+    m = tl.load(lp)
+    for s in range(1, num_splits):
+        m = tl.maximum(m, tl.load(lp + s))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = m_safe * 0.0
+    acc = tl.zeros([RANK], tl.float32)
+    for s in range(num_splits):
+        w = tl.exp2(tl.load(lp + s) - m_safe)
+        total += w
+        acc += w * tl.load(op + s * stride_op_s + offs)
+    empty = total == 0.0
+    out = acc / tl.where(empty, 1.0, total)
+    lse2 = tl.where(empty, float("-inf"), m_safe + tl.log2(tl.where(empty, 1.0, total)))
+    tl.store(O + b.to(tl.int64) * stride_o_b + r * stride_o_r + offs, out.to(O.dtype.element_ty))
+    tl.store(LSE + b.to(tl.int64) * stride_lse_b + r, lse2 * 0.6931471805599453)
+
+
+# Small on purpose: every config compiles on first use, and that time is spent on the GPU.
+# BLOCK_H 64 with 8 warps lets Hopper use a 64-row warpgroup MMA for 128-head rows.
+_CONFIGS = [
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 64}, num_warps=8, num_stages=1),
+]
+
+
+def _prune(configs, named_args, **kwargs):
+    rows = named_args["ROWS"] if "ROWS" in named_args else kwargs["ROWS"]
+    # A head block larger than the rows only multiplies zeros; keep the smallest that covers them.
+    fit = [c for c in configs if c.kwargs["BLOCK_H"] <= max(16, triton.next_power_of_2(rows))]
+    return fit or configs[:1]
+
+
+_mla_decode_part_tuned = triton.autotune(
+    configs=_CONFIGS, key=["ROWS", "RANK", "PAGE", "FP8", "DIRECT"],
+    prune_configs_by={"early_config_prune": _prune})(_mla_decode_part_kernel)
+
+
+def _interpreting() -> bool:
+    # Triton 3.9's interpreter multiplies bf16 dot operands as their raw uint16 storage; there the
+    # kernel upcasts them to fp32 first (bf16 x bf16 products are exact in fp32, so the result is
+    # the same up to summation order). Compiled kernels keep bf16 operands.
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def mla_decode_num_splits(batch: int, rows: int, max_seq_len: int, num_sms: int) -> int:
+    """Splits per sequence so that batch x head-blocks x splits covers the GPU about twice.
+
+    Depends on shapes only (never on device data), so the choice is CUDA-graph safe; each split
+    keeps at least MIN_TOKENS_PER_SPLIT keys so the merge stays a small fraction of the work.
+    """
+    head_blocks = max(1, math.ceil(rows / 64))
+    want = (2 * num_sms) // max(1, batch * head_blocks)
+    cap = max(1, math.ceil(max_seq_len / MIN_TOKENS_PER_SPLIT))
+    return max(1, min(want, cap, 64))
+
+
+def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tensor,
+               seq_lens: torch.Tensor, scale: float, kv_lora_rank: int = 512, *,
+               k_scale: torch.Tensor | None = None, num_splits: int = 1,
+               out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+               workspace: torch.Tensor | None = None,
+               config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absorbed MLA decode over a paged latent cache.
+
+    q [B, s_q, H, rank + rope] bf16/fp16 (absorbed nope part first, then rope); kv_cache
+    [num_blocks, block_size, rank + rope] of q's dtype, float8_e4m3fn or uint8 (fp8 storage) with
+    `k_scale` (fp32, one element); block_table [B, max_pages] int32; seq_lens [B] int32 (cached
+    tokens including the s_q new ones). Returns out [B, s_q, H, rank] in q's dtype and lse
+    [B, s_q, H] fp32 (natural log; -inf and out = 0 for a row that sees no key).
+    `workspace`, if given, is fp32 with at least B * s_q * H * num_splits * (rank + 1) elements.
+    `config` ({"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}) bypasses autotuning (the interpreter uses it).
+    """
+    kv_cache = as_fp8_cache(kv_cache)
+    batch, s_q, heads, dim = q.shape
+    rope = dim - kv_lora_rank
+    rows = s_q * heads
+    fp8 = kv_cache.dtype == torch.float8_e4m3fn
+    if kv_cache.dim() != 3 or kv_cache.shape[-1] != dim:
+        raise ValueError(f"kv_cache: expected [blocks, block_size, {dim}], got {tuple(kv_cache.shape)}")
+    if not fp8 and kv_cache.dtype != q.dtype:
+        raise ValueError(f"kv_cache dtype {kv_cache.dtype} must be q's {q.dtype} or fp8 e4m3")
+    if fp8 and (k_scale is None or k_scale.numel() != 1 or k_scale.dtype != torch.float32):
+        raise ValueError("an fp8 kv_cache needs `k_scale`: an fp32 tensor of one element")
+    if block_table.shape[0] != batch or seq_lens.shape != (batch,):
+        raise ValueError(f"block_table {tuple(block_table.shape)} / seq_lens {tuple(seq_lens.shape)} "
+                         f"do not match batch {batch}")
+    if q.stride(-1) != 1 or q.stride(2) != dim or q.stride(1) != heads * dim:
+        raise ValueError("q must be contiguous within each sequence: [B, s_q, H, D] with packed rows")
+    if kv_cache.stride(-1) != 1 or block_table.stride(-1) != 1:
+        raise ValueError("kv_cache and block_table need a contiguous last dimension")
+    if rope <= 0 or kv_lora_rank & (kv_lora_rank - 1) or rope & (rope - 1):
+        raise ValueError(f"kv_lora_rank {kv_lora_rank} and rope {rope} must be powers of two")
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    out = torch.empty(batch, s_q, heads, kv_lora_rank, dtype=q.dtype, device=q.device) if out is None else out
+    lse = torch.empty(batch, s_q, heads, dtype=torch.float32, device=q.device) if lse is None else lse
+    if batch == 0:
+        return out, lse
+    o2, lse2 = out.view(batch, rows, kv_lora_rank), lse.view(batch, rows)
+    direct = num_splits == 1
+    if direct:
+        op = lp = o2  # unused by the kernel when DIRECT
+        op_strides, lp_strides = (0, 0, 0), (0, 0)
+    else:
+        need = batch * rows * num_splits * (kv_lora_rank + 1)
+        if workspace is None:
+            workspace = torch.empty(need, dtype=torch.float32, device=q.device)
+        elif workspace.numel() < need or workspace.dtype != torch.float32:
+            raise ValueError(f"workspace: need {need} fp32 elements, got {workspace.numel()} {workspace.dtype}")
+        split = batch * rows * num_splits * kv_lora_rank
+        op = workspace[:split].view(batch, rows, num_splits, kv_lora_rank)
+        lp = workspace[split:split + batch * rows * num_splits].view(batch, rows, num_splits)
+        op_strides, lp_strides = op.stride()[:3], lp.stride()[:2]
+    args = (q, kv_cache, block_table, seq_lens, k_scale if fp8 else lse, op, lp, o2, lse2,
+            scale * LOG2E, q.stride(0), q.stride(2), kv_cache.stride(0), kv_cache.stride(1),
+            block_table.stride(0), *op_strides, *lp_strides, o2.stride(0), o2.stride(1),
+            lse2.stride(0), num_splits)
+    meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
+                PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting())
+    if config is None:
+        grid = lambda m: (batch, triton.cdiv(rows, m["BLOCK_H"]), num_splits)  # noqa: E731
+        _mla_decode_part_tuned[grid](*args, **meta)
+    else:
+        grid = (batch, triton.cdiv(rows, config["BLOCK_H"]), num_splits)
+        _mla_decode_part_kernel[grid](*args, **meta, BLOCK_H=config["BLOCK_H"],
+                                      BLOCK_N=config["BLOCK_N"], num_warps=config.get("num_warps", 4),
+                                      num_stages=config.get("num_stages", 2))
+    if not direct:
+        _mla_decode_merge_kernel[(batch, rows)](
+            op, lp, o2, lse2, num_splits, *op_strides, *lp_strides, o2.stride(0), o2.stride(1),
+            lse2.stride(0), ROWS=rows, RANK=kv_lora_rank, num_warps=4)
+    return out, lse
