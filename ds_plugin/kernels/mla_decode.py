@@ -137,13 +137,16 @@ def _mla_decode_merge_kernel(OP, LP, O, LSE, num_splits,
     tl.store(LSE + b.to(tl.int64) * stride_lse_b + r, lse2 * 0.6931471805599453)
 
 
-# Small on purpose: every config compiles on first use, and that time is spent on the GPU.
-# BLOCK_H 64 with 8 warps lets Hopper use a 64-row warpgroup MMA for 128-head rows.
+# Small on purpose: every config compiles on first use, and that time is spent on the GPU. Chosen
+# from ptxas reports for sm_90 (no device needed): the whole [BLOCK_N, 512] key tile passes through
+# registers, so 16- and 32-row blocks need 8 warps to stay spill-free; 64-row blocks get Hopper's
+# warpgroup MMA but spill ~50-200 bytes (a 64x512 fp32 accumulator is 128 registers a thread).
 _CONFIGS = [
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 64}, num_warps=8, num_stages=1),
 ]
 
 

@@ -25,8 +25,9 @@ from ds_plugin.kernels.ref_mla import (absorb_query, ref_mla_decode, ref_mla_nai
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-# The interpreter runs a fixed small config; on CUDA the autotuned path is tested.
-CONFIG = None if CUDA else {"BLOCK_H": 16, "BLOCK_N": 16}
+# A fixed config keeps compiles few (each costs GPU time); every autotune config is swept by
+# test_every_config_real_size_128_heads, and the autotuned path by test_autotuned_path.
+CONFIG = {"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 8} if CUDA else {"BLOCK_H": 16, "BLOCK_N": 16}
 SMALL = dict(rank=64, rope=16, heads=4)
 REAL = dict(rank=512, rope=64, heads=16)
 
@@ -89,6 +90,21 @@ def test_decode_matches_dense_reference(page, fp8, seq_lens, s_q, num_splits):
                           num_splits=num_splits, config=CONFIG)
     ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, scale, rank, k_scale)
     _check(out, lse, ref_out, ref_lse, 5.0)
+
+
+def test_autotuned_path():
+    gen = torch.Generator().manual_seed(23)
+    seq_lens = [0, 1, 31, 64, 200]
+    cache, table, _ = _fill_cache(seq_lens, 16, 64, 16, torch.bfloat16, gen)
+    seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    q = torch.randn(5, 2, 8, 80, generator=gen).to(torch.bfloat16).to(DEVICE)
+    ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, 0.1, 64)
+    for splits in (1, 2):
+        # config=None autotunes on CUDA; the interpreter is far too slow to autotune, so it
+        # runs the first config the autotuner would keep for 16 rows.
+        out, lse = mla_decode(q, cache, table, seq, 0.1, 64, num_splits=splits,
+                              config=None if CUDA else {"BLOCK_H": 16, "BLOCK_N": 32})
+        _check(out, lse, ref_out, ref_lse, 5.0)
 
 
 def test_empty_batch_and_workspace_reuse():
