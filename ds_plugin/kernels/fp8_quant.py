@@ -15,6 +15,9 @@ from ds_plugin.kernels.ref_fp8 import AMAX_EPS, FP8, FP8_MAX, GROUP, ceil_div
 # Groups handled by one program: enough work per program to hide the load latency,
 # few enough that a 4096-token batch still spreads over every SM.
 _GROUPS_PER_PROG = 4
+# Triton kernels may only read module globals that are constexpr.
+_EPS = tl.constexpr(AMAX_EPS)
+_MAX = tl.constexpr(FP8_MAX)
 
 
 @triton.jit
@@ -44,12 +47,12 @@ def _round_e4m3(v):
 def _quant_store(v, row, g_offs, cols, k, q_ptr, q_stride, s_ptr, s_stride, n_groups,
                  UE8M0: tl.constexpr):
     # v: (G, 128) fp32 with out-of-range channels already zero.
-    amax = tl.maximum(tl.max(tl.abs(v), axis=1), AMAX_EPS)
-    s = tl.math.div_rn(amax, FP8_MAX)
+    amax = tl.maximum(tl.max(tl.abs(v), axis=1), _EPS)
+    s = tl.math.div_rn(amax, _MAX)
     if UE8M0:
         s = _round_ue8m0(s)
     q = tl.math.div_rn(v, s[:, None])
-    q = _round_e4m3(tl.minimum(tl.maximum(q, -FP8_MAX), FP8_MAX))
+    q = _round_e4m3(tl.minimum(tl.maximum(q, -_MAX), _MAX))
     mask = cols < k
     tl.store(q_ptr + row * q_stride + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + row * s_stride + g_offs, s, mask=g_offs < n_groups)
