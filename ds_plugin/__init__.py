@@ -17,9 +17,24 @@ PLUGIN_NAME = "ds_plugin"
 
 # Every registration the plugin makes. Targets are strings so registration imports no
 # model code; later issues add rows here and nowhere else.
-MODELS: dict[str, str] = {}
-TOOL_PARSERS: dict[str, tuple[str, str]] = {}
-REASONING_PARSERS: dict[str, tuple[str, str]] = {}
+MODELS: dict[str, str] = {
+    "DeepseekV3ForCausalLM": "ds_plugin.model.deepseek_v3:DeepseekV3ForCausalLM",
+}
+# Parsers answer to SGLang's names and replace vLLM's in-tree ones of the same format.
+_TOOLS = "ds_plugin.parsers.vllm_tool_parser"
+_REASONING = "ds_plugin.parsers.vllm_reasoning_parser"
+TOOL_PARSERS: dict[str, tuple[str, str]] = {
+    "deepseekv3": (_TOOLS, "DeepSeekV3ToolParser"),
+    "deepseek_v3": (_TOOLS, "DeepSeekV3ToolParser"),
+    "deepseekv31": (_TOOLS, "DeepSeekV31ToolParser"),
+    "deepseek_v31": (_TOOLS, "DeepSeekV31ToolParser"),
+}
+REASONING_PARSERS: dict[str, tuple[str, str]] = {
+    "deepseek-r1": (_REASONING, "DeepSeekR1ReasoningParser"),
+    "deepseek_r1": (_REASONING, "DeepSeekR1ReasoningParser"),
+    "deepseek-v3": (_REASONING, "DeepSeekV3ReasoningParser"),
+    "deepseek_v3": (_REASONING, "DeepSeekV3ReasoningParser"),
+}
 
 log = logging.getLogger("ds_plugin")
 
@@ -45,6 +60,7 @@ def register() -> None:
 
     if not _vllm.version_supported():
         return
+    _vllm.patch_tokenizer_loading()
     for arch, target in MODELS.items():
         _vllm.register_model(arch, target)
     for name, (module, cls) in TOOL_PARSERS.items():

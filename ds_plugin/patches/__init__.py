@@ -1,0 +1,16 @@
+"""Patches to vLLM behaviour the plugin cannot reach through a registry.
+
+Ledger (one entry per patch; each is applied by register() and is idempotent):
+
+tokenizer.py — faithful DeepSeek tokenization from a tokenizer-only directory.
+  Target:  vllm.tokenizers.hf.CachedHfTokenizer.from_pretrained (vLLM 0.32).
+  Why:     DeepSeek-V3/R1/V3.1 ship `tokenizer_class: LlamaTokenizerFast` beside a byte-level
+           BPE tokenizer.json. transformers 5.x repairs that only when a config.json of
+           model_type deepseek_v3 sits beside it; a tokenizer-only folder (`--tokenizer DIR`)
+           gets a SentencePiece-style Llama pipeline that corrupts encode and decode
+           (transformers#45488, #48206; vLLM fixed only V3.2, vllm#37004).
+  How:     when the folder's tokenizer_config names a Llama tokenizer and its tokenizer.json
+           is byte-level, load tokenizer.json as is (TokenizersBackend) instead; every other
+           tokenizer goes through vLLM's loader untouched.
+  Remove:  when transformers loads such a folder faithfully without a config.json.
+"""
