@@ -1,0 +1,97 @@
+"""ds_plugin/parsers/vllm_*_parser.py through vLLM's own serving parser (DelegatingParser).
+
+Every corpus case, every chunking (one character, one real token, random, whole): the
+streamed deltas reassembled equal the non-streaming response, which equals the
+hand-written expectation; ids and names are sent once per call; finish_reason would be
+"tool_calls" exactly when there are calls.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import ds_plugin
+from ds_plugin import _vllm
+from ds_plugin.testing.parser_corpus import cases, chunkings, load_tokenizer
+from ds_plugin.testing.parser_replay import (compose, expected, run_non_streaming,
+                                             run_streaming, tokenizer_for)
+
+pytest.importorskip("vllm")
+
+
+@pytest.fixture(scope="module")
+def managers():
+    ds_plugin.register()
+    api = _vllm.parser_api()
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+    return ToolParserManager, ReasoningParserManager, api
+
+
+def parser_for(case, managers):
+    tools, reasoning, _ = managers
+    tool = tools.get_tool_parser("deepseekv3" if case.fmt == "v3" else "deepseekv31")
+    if case.reasoning is None:
+        return compose(tool, None)
+    name = "deepseek-r1" if case.fmt == "v3" else "deepseek-v3"
+    return compose(tool, reasoning.get_reasoning_parser(name))
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: f"{c.fmt}-{c.name}")
+def test_stream_equals_non_stream_equals_expected(case, managers):
+    parser_cls = parser_for(case, managers)
+    want = expected(case)
+    assert run_non_streaming(parser_cls, case).key() == want.key()
+    tok = load_tokenizer(tokenizer_for(case))
+    for label, chunks in chunkings(case.text, tok).items():
+        got = run_streaming(parser_cls, case, chunks)
+        assert got.problems == [], label
+        assert got.key() == want.key(), label
+
+
+@pytest.mark.parametrize("tool,reasoning", [
+    ("deepseekv3", "deepseek-r1"), ("deepseek_v3", "deepseek_r1"),
+    ("deepseekv31", "deepseek-v3"), ("deepseek_v31", "deepseek_v3")])
+def test_both_spellings_resolve_to_ours(tool, reasoning, managers):
+    tools, reasonings, _ = managers
+    assert tools.get_tool_parser(tool).__module__ == "ds_plugin.parsers.vllm_tool_parser"
+    assert reasonings.get_reasoning_parser(reasoning).__module__ == \
+        "ds_plugin.parsers.vllm_reasoning_parser"
+
+
+def test_v3_reasoning_parser_names_think_tags_without_request_kwargs(managers):
+    # vLLM's ReasoningConfig builds the parser with the tokenizer only; the thinking
+    # budget needs the start/end strings from it (vLLM's own deepseek_v3 gives None).
+    _, reasonings, _ = managers
+    parser = reasonings.get_reasoning_parser("deepseek_v3")(load_tokenizer("deepseek-v3.1"))
+    assert (parser.reasoning_start_str, parser.reasoning_end_str) == ("<think>", "</think>")
+    v3 = reasonings.get_reasoning_parser("deepseek_v3")(load_tokenizer("deepseek-v3"))
+    assert v3.reasoning_end_str == "</think>"  # V3 tokenizer: no think token, no crash
+
+
+def test_prompt_that_closed_thinking_makes_output_content(managers):
+    # V3.1 after a tool result: the template leaves "</think>" as the last think tag.
+    _, reasonings, _ = managers
+    tok = load_tokenizer("deepseek-v3.1")
+    parser = reasonings.get_reasoning_parser("deepseek-v3")(
+        tok, chat_template_kwargs={"thinking": True})
+    prompt = tok("<｜User｜>q<｜Assistant｜></think>ok<｜end▁of▁sentence｜><｜User｜>x"
+                 "<｜Assistant｜></think>", add_special_tokens=False)["input_ids"]
+    assert parser.is_reasoning_end(prompt)
+    assert parser.extract_reasoning("The answer.", None) == (None, "The answer.")
+    thinking = reasonings.get_reasoning_parser("deepseek-v3")(
+        tok, chat_template_kwargs={"thinking": True})
+    assert not thinking.is_reasoning_end(tok("<｜Assistant｜><think>", add_special_tokens=False)
+                                         ["input_ids"])
+    assert thinking.extract_reasoning("Hmm.</think>A.", None) == ("Hmm.", "A.")
+
+
+def test_reasoning_token_count_and_content_ids(managers):
+    _, reasonings, _ = managers
+    tok = load_tokenizer("deepseek-r1")
+    parser = reasonings.get_reasoning_parser("deepseek-r1")(tok)
+    ids = tok("<think>a b c</think>done", add_special_tokens=False)["input_ids"]
+    end = ids.index(tok.convert_tokens_to_ids("</think>"))
+    assert parser.count_reasoning_tokens(ids) == end - 1
+    assert parser.extract_content_ids(ids) == ids[end + 1:]
+    assert parser.is_reasoning_end_streaming(ids, ids[end:end + 1])
