@@ -140,6 +140,10 @@ def main() -> None:
                           f"{row['gbs']:>6.0f} {row['tflops']:>7.1f} {bound:>5} {of_ceil:>7.2f} "
                           f"{row['naive_us']:>9.1f} {row['naive_gbs']:>6.0f} {row['speedup']:>7.2f}",
                           flush=True)
+    from ds_plugin.kernels.mla_decode import _mla_decode_part_tuned
+
+    for key, cfg in _mla_decode_part_tuned.cache.items():
+        print(f"# autotune pick {key[:5]}: {cfg}")
     if args.csv:
         with open(args.csv, "w") as f:
             f.write(",".join(rows[0]) + "\n")

@@ -13,7 +13,7 @@ pieces. The piece length is computed on the device from each sequence's own leng
 graph captured once replays for other lengths. With one split the first kernel writes the final
 output directly.
 
-FP8 e4m3 cache: rows are upcast to bf16 in registers and the per-tensor `k_scale` is applied to the
+FP8 e4m3 cache: rows are upcast to fp16 in registers (the query too) and the per-tensor `k_scale` is applied to the
 scores and to the output (the value is the same latent, so the same scale).
 """
 
@@ -64,6 +64,12 @@ def _mla_decode_part_kernel(
     if DOT_F32:
         q_c = q_c.to(tl.float32)
         q_r = q_r.to(tl.float32)
+    elif FP8:
+        # e4m3 -> fp16 is one hardware convert per two values (bf16 needs a second one per value,
+        # which halved fp8 throughput on the H200); fp16 also keeps q's 10 mantissa bits. An
+        # absorbed query beyond fp16's 65504 would overflow: DeepSeek-V3's are orders smaller.
+        q_c = q_c.to(tl.float16)
+        q_r = q_r.to(tl.float16)
     qk_scale = sm_scale_log2
     if FP8:
         k_scale = tl.load(KSCALE)
@@ -92,7 +98,11 @@ def _mla_decode_part_kernel(
         alpha = tl.exp2(m - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(O.dtype.element_ty).to(k_c.dtype), k_c)
+        if FP8:
+            p_mm = p.to(k_c.dtype)
+        else:
+            p_mm = p.to(O.dtype.element_ty).to(k_c.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p_mm, k_c)
         m = m_new
 
     empty = l == 0.0
@@ -139,13 +149,14 @@ def _mla_decode_merge_kernel(OP, LP, O, LSE, num_splits,
 
 # Small on purpose: every config compiles on first use, and that time is spent on the GPU. Chosen
 # from ptxas reports for sm_90 (no device needed): the whole [BLOCK_N, 512] key tile passes through
-# registers, so 16- and 32-row blocks need 8 warps to stay spill-free; 64-row blocks get Hopper's
-# warpgroup MMA but spill ~50-200 bytes (a 64x512 fp32 accumulator is 128 registers a thread).
+# registers, so 16- and 32-row blocks need 8 warps; 64-row blocks get Hopper's warpgroup MMA at
+# 255 registers (a 64x512 fp32 accumulator is 128 registers a thread; fp8 spills a little there).
 _CONFIGS = [
     triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
 ]
 
@@ -170,13 +181,13 @@ def _interpreting() -> bool:
 
 
 def mla_decode_num_splits(batch: int, rows: int, max_seq_len: int, num_sms: int) -> int:
-    """Splits per sequence so that batch x head-blocks x splits covers the GPU about twice.
+    """Splits per sequence so that batch x head-blocks x splits covers the GPU about four times.
 
     Depends on shapes only (never on device data), so the choice is CUDA-graph safe; each split
     keeps at least MIN_TOKENS_PER_SPLIT keys so the merge stays a small fraction of the work.
     """
     head_blocks = max(1, math.ceil(rows / 64))
-    want = (2 * num_sms) // max(1, batch * head_blocks)
+    want = (4 * num_sms) // max(1, batch * head_blocks)
     cap = max(1, math.ceil(max_seq_len / MIN_TOKENS_PER_SPLIT))
     return max(1, min(want, cap, 64))
 

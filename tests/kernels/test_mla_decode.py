@@ -144,7 +144,7 @@ def test_absorbed_decode_equals_naive_mla():
 
 def test_num_splits_policy():
     assert mla_decode_num_splits(1, 16, 32768, 132) == 64  # batch 1: split to fill the GPU
-    assert mla_decode_num_splits(128, 128, 32768, 132) == 1  # 256 programs already
+    assert mla_decode_num_splits(128, 128, 32768, 132) == 2  # 256 programs: 2 splits make 4 a SM
     assert mla_decode_num_splits(1, 128, 300, 132) == 2  # short context: >= 256 keys a split
 
 
