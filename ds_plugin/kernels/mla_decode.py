@@ -44,8 +44,10 @@ def _mla_decode_part_kernel(
         RANK: tl.constexpr, ROPE: tl.constexpr, PAGE: tl.constexpr,
         FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
-    b = tl.program_id(0)
-    hb = tl.program_id(1)
+    # Head blocks of one (sequence, split) are adjacent in launch order, so they run together and
+    # the second reads the shared key tile from L2 rather than HBM.
+    hb = tl.program_id(0)
+    b = tl.program_id(1)
     sp = tl.program_id(2)
     seq_len = tl.load(SEQ + b)
     rows = hb * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -256,10 +258,10 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
                 PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting())
     if config is None:
-        grid = lambda m: (batch, triton.cdiv(rows, m["BLOCK_H"]), num_splits)  # noqa: E731
+        grid = lambda m: (triton.cdiv(rows, m["BLOCK_H"]), batch, num_splits)  # noqa: E731
         _mla_decode_part_tuned[grid](*args, **meta)
     else:
-        grid = (batch, triton.cdiv(rows, config["BLOCK_H"]), num_splits)
+        grid = (triton.cdiv(rows, config["BLOCK_H"]), batch, num_splits)
         _mla_decode_part_kernel[grid](*args, **meta, BLOCK_H=config["BLOCK_H"],
                                       BLOCK_N=config["BLOCK_N"], num_warps=config.get("num_warps", 4),
                                       num_stages=config.get("num_stages", 2))
