@@ -33,6 +33,13 @@ def copy_bandwidth_tbs() -> float:
     return 2 * (2 << 30) / ms / 1e9
 
 
+def m_major(a_s):
+    """(M, G) scales laid out M-major with strides exactly (1, M): cuBLAS checks the strides
+    literally, and for M = 1 `.t().contiguous().t()` keeps (G, 1)."""
+    out = torch.empty_strided(a_s.shape, (1, a_s.shape[0]), dtype=a_s.dtype, device=a_s.device)
+    return out.copy_(a_s)
+
+
 def torch_blockwise_mm(a, a_s, b, b_s, expected=None):
     """torch.nn.functional.scaled_mm with the DeepSeek recipe (1x128 on a, 128x128 on b).
 
@@ -47,7 +54,7 @@ def torch_blockwise_mm(a, a_s, b, b_s, expected=None):
 
     st = F.ScalingType
     bt = b.t()
-    a_scales = {"a_s M-major": a_s.t().contiguous().t(), "a_s row-major": a_s}
+    a_scales = {"a_s M-major": m_major(a_s), "a_s row-major": a_s}
     b_scales = {"b_s.t()": b_s.t(), "b_s": b_s, "b_s.t() contiguous": b_s.t().contiguous()}
     errors = []
     for an, sa in a_scales.items():

@@ -40,7 +40,10 @@ def _round_e4m3(v):
     down = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
     t = v * up  # exact, |t| < 16
     t = (t + 12582912.0) - 12582912.0  # 1.5 * 2**23: fp32 add rounds t to an integer (RNE)
-    return tl.where(v == 0, v, t * down)  # keep the sign of zero (-0 + c - c is +0)
+    # Put v's sign bit back: a negative value that rounds to zero must give -0, as the
+    # hardware cast does (t + c - c is always +0).
+    r = (t * down).to(tl.int32, bitcast=True) | ((bits >> 31) << 31)
+    return r.to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -50,7 +50,9 @@ def ref_act_quant(x: torch.Tensor, group: int = GROUP, ue8m0: bool = False):
     xf[:, :k] = x.float()
     xg = xf.view(m, g, group)
     amax = xg.abs().amax(dim=2).clamp_min(AMAX_EPS)
-    s = amax / FP8_MAX
+    # Tensor / tensor: CUDA torch turns division by a Python scalar into multiplication by
+    # its reciprocal (one ulp off); the kernel divides with IEEE round-to-nearest.
+    s = amax / torch.full_like(amax, FP8_MAX)
     if ue8m0:
         s = round_scale_ue8m0(s)
     q = (xg / s[:, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)

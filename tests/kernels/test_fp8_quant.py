@@ -40,6 +40,7 @@ def _inputs(m, k, dtype=torch.bfloat16, pad=64, seed=0):
     if m > 2:
         x[2] *= 1e-6
         x[2, :3] = -0.0  # the sign of zero must survive
+        x[2, 3:6] = torch.tensor([-1e-30, 1e-30, -3e-8])  # round to (signed) zero
     return x
 
 
