@@ -36,7 +36,9 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
     "deepseek_v3": (_REASONING, "DeepSeekV3ReasoningParser"),
 }
 
-log = logging.getLogger("ds_plugin")
+# A child of vLLM's logger, so plugin lines go through whatever logging vLLM configures
+# (format, level, VLLM_LOGGING_LEVEL) without importing vLLM here.
+log = logging.getLogger("vllm.ds_plugin")
 
 
 def _allowed_by_vllm_plugins() -> bool:

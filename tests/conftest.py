@@ -16,7 +16,16 @@ from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
 SERVED_NAME = "tiny"
 
 # Flags of the session server beyond the CPU defaults.
-SESSION_SERVER_ARGS: list[str] = []
+SESSION_SERVER_ARGS: list[str] = [
+    # Parsers (tests/e2e/test_parsers_e2e.py). Requests without tools or without
+    # chat_template_kwargs.thinking are untouched: tool_choice defaults to "none" and
+    # `deepseek-v3` reasoning is off unless the request turns thinking on.
+    "--enable-auto-tool-choice", "--tool-call-parser", "deepseekv3",
+    "--reasoning-parser", "deepseek-v3",
+    # Test-only: forces `vllm_xargs.force_ids` as the output; a no-op for other requests.
+    # vLLM's V1 runner refuses --logits-processors together with a speculative config.
+    "--logits-processors", "ds_plugin.testing.forced_output:ForcedOutput",
+]
 
 # Peaked so that greedy decoding is stable across runs and near-tie free.
 SESSION_CONFIG = TinyConfig(logit_peak=2.0)
@@ -51,4 +60,17 @@ def server(tiny_ckpt: Path, tokenizer_only_dir: Path):
     args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME,
             "--tokenizer", str(tokenizer_only_dir), *SESSION_SERVER_ARGS]
     with VllmServer(tiny_ckpt, args=args, log_path=tiny_ckpt.parent / "session-server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def fp8_server(tiny_ckpt_fp8: Path):
+    """A second server, on the block-FP8 checkpoint (started only if a test asks for it).
+
+    Eager mode: this server proves loading and serving of the FP8 format; the session
+    server already covers torch.compile, and skipping it saves a minute of CI.
+    """
+    args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME, "--enforce-eager"]
+    with VllmServer(tiny_ckpt_fp8, args=args,
+                    log_path=tiny_ckpt_fp8.parent / "fp8-server.log") as srv:
         yield srv

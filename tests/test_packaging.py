@@ -30,7 +30,7 @@ def test_installed_vllm_is_supported():
 
 
 def test_mismatched_version_logs_one_line_naming_both(caplog):
-    with caplog.at_level(logging.ERROR, logger="ds_plugin"):
+    with caplog.at_level(logging.ERROR, logger="vllm.ds_plugin"):
         assert not _vllm.version_supported("0.33.1")
         assert _vllm.version_supported("0.32.7")
     lines = [r.getMessage() for r in caplog.records]

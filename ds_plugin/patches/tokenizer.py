@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("ds_plugin")
+log = logging.getLogger("vllm.ds_plugin")
 
 _MARK = "__ds_plugin_tokenizer_patch__"
 
