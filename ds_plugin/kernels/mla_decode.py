@@ -39,7 +39,7 @@ def _mla_decode_part_kernel(
         stride_q_b, stride_q_r, stride_kv_blk, stride_kv_tok, stride_bt_b,
         stride_op_b, stride_op_r, stride_op_s, stride_lp_b, stride_lp_r,
         stride_o_b, stride_o_r, stride_lse_b,
-        num_splits,
+        num_splits, work_hint,
         ROWS: tl.constexpr, HEADS: tl.constexpr, S_Q: tl.constexpr,
         RANK: tl.constexpr, ROPE: tl.constexpr, PAGE: tl.constexpr,
         FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
@@ -171,7 +171,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _mla_decode_part_tuned = triton.autotune(
-    configs=_CONFIGS, key=["ROWS", "RANK", "PAGE", "FP8", "DIRECT"],
+    configs=_CONFIGS, key=["ROWS", "RANK", "PAGE", "FP8", "DIRECT", "work_hint"],
     prune_configs_by={"early_config_prune": _prune})(_mla_decode_part_kernel)
 
 
@@ -180,6 +180,13 @@ def _interpreting() -> bool:
     # kernel upcasts them to fp32 first (bf16 x bf16 products are exact in fp32, so the result is
     # the same up to summation order). Compiled kernels keep bf16 operands.
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _work_hint(programs_per_head_block: int) -> int:
+    # Only an autotune key (the kernel ignores it): the best block shape for a launch of a few
+    # programs (latency-bound) is not the best for thousands, and the H200 run showed a pick made
+    # at batch 1 carried over to batch 128. Powers of two from 2 (Triton specialises the value 1).
+    return max(2, min(256, triton.next_power_of_2(programs_per_head_block)))
 
 
 def mla_decode_num_splits(batch: int, rows: int, max_seq_len: int, num_sms: int) -> int:
@@ -254,7 +261,7 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     args = (q, kv_cache, block_table, seq_lens, k_scale if fp8 else lse, op, lp, o2, lse2,
             scale * LOG2E, q.stride(0), q.stride(2), kv_cache.stride(0), kv_cache.stride(1),
             block_table.stride(0), *op_strides, *lp_strides, o2.stride(0), o2.stride(1),
-            lse2.stride(0), num_splits)
+            lse2.stride(0), num_splits, _work_hint(batch * num_splits))
     meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
                 PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting())
     if config is None:

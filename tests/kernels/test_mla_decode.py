@@ -28,7 +28,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 # A fixed config keeps compiles few (each costs GPU time); every autotune config is swept by
 # test_every_config_real_size_128_heads, and the autotuned path by test_autotuned_path.
 CONFIG = {"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 8} if CUDA else {"BLOCK_H": 16, "BLOCK_N": 16}
-SMALL = dict(rank=64, rope=16, heads=4)
+SMALL = dict(rank=64, rope=16, heads=8)  # s_q 3 -> 24 rows: two head blocks of 16
 REAL = dict(rank=512, rope=64, heads=16)
 
 
