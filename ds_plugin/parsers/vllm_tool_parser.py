@@ -19,7 +19,7 @@ from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStr
 __all__ = ["DeepSeekV3ToolParser", "DeepSeekV31ToolParser"]
 
 _api = _vllm.parser_api()
-log = logging.getLogger("ds_plugin")
+log = logging.getLogger("vllm.ds_plugin")
 
 
 class _DeepSeekToolParser(_api.ToolParser):
