@@ -11,7 +11,8 @@ import logging
 import os
 
 __version__ = "0.1.0"
-__all__ = ["register", "PLUGIN_NAME", "MODELS", "TOOL_PARSERS", "REASONING_PARSERS"]
+__all__ = ["register", "PLUGIN_NAME", "MODELS", "TOOL_PARSERS", "REASONING_PARSERS",
+           "QUANT_CONFIGS"]
 
 PLUGIN_NAME = "ds_plugin"
 
@@ -34,6 +35,11 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
     "deepseek_r1": (_REASONING, "DeepSeekR1ReasoningParser"),
     "deepseek-v3": (_REASONING, "DeepSeekV3ReasoningParser"),
     "deepseek_v3": (_REASONING, "DeepSeekV3ReasoningParser"),
+}
+# Quantization configs: vLLM's decorator needs the class, so its module is imported at
+# registration (it imports only vLLM's quantization bases; kernels load on first use).
+QUANT_CONFIGS: dict[str, tuple[str, str]] = {
+    "ds_fp8": ("ds_plugin.quant.fp8_block", "DSBlockFp8Config"),
 }
 
 # A child of vLLM's logger, so plugin lines go through whatever logging vLLM configures
@@ -69,3 +75,5 @@ def register() -> None:
         _vllm.register_tool_parser(name, module, cls)
     for name, (module, cls) in REASONING_PARSERS.items():
         _vllm.register_reasoning_parser(name, module, cls)
+    for name, (module, cls) in QUANT_CONFIGS.items():
+        _vllm.register_quantization_config(name, module, cls)

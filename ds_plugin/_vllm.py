@@ -295,3 +295,98 @@ def v1_logits_processor_api():
 
     return SimpleNamespace(LogitsProcessor=LogitsProcessor,
                            MoveDirectionality=MoveDirectionality)
+
+
+# ---------------------------------------------------------------------------------------
+# Quantization (ds_plugin/quant/). vLLM's decorator needs the config class itself, so
+# register() imports the quant module; that module calls quant_api() at import.
+# ---------------------------------------------------------------------------------------
+
+
+def register_quantization_config(name: str, module: str, cls: str) -> None:
+    """Register `module:cls` as quantization method `name` (re-registering overwrites the
+    entry with the same class, so repeated calls leave vLLM's tables as they were)."""
+    import importlib
+
+    from vllm.model_executor.layers.quantization import register_quantization_config as reg
+
+    reg(name)(getattr(importlib.import_module(module), cls))
+
+
+def registered_quantization_config(name: str) -> type | None:
+    """The config class vLLM resolves quantization method `name` to, or None."""
+    from vllm.model_executor.layers.quantization import (QUANTIZATION_METHODS,
+                                                         get_quantization_config)
+
+    return get_quantization_config(name) if name in QUANTIZATION_METHODS else None
+
+
+def quant_api():
+    """vLLM's quantization base classes, layer types and weight parameters."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.layers.fused_moe import (FusedMoEMethodBase,
+                                                      FusedMoeWeightScaleSupported,
+                                                      RoutedExperts)
+    from vllm.model_executor.layers.linear import (LinearBase, LinearMethodBase,
+                                                   UnquantizedLinearMethod)
+    from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
+    from vllm.model_executor.parameter import BlockQuantScaleParameter, ModelWeightParameter
+    from vllm.model_executor.utils import replace_parameter, set_weight_attrs
+
+    return SimpleNamespace(
+        QuantizationConfig=QuantizationConfig, LinearBase=LinearBase,
+        LinearMethodBase=LinearMethodBase, UnquantizedLinearMethod=UnquantizedLinearMethod,
+        FusedMoEMethodBase=FusedMoEMethodBase, RoutedExperts=RoutedExperts,
+        MoEScaleKind=FusedMoeWeightScaleSupported,
+        BlockQuantScaleParameter=BlockQuantScaleParameter,
+        ModelWeightParameter=ModelWeightParameter, replace_parameter=replace_parameter,
+        set_weight_attrs=set_weight_attrs,
+    )
+
+
+def v1_logits_processor_api():
+    """The V1 model runner's logits-processor interface (vLLM-CPU runs V1: no Triton)."""
+    from types import SimpleNamespace
+
+    from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
+
+    return SimpleNamespace(LogitsProcessor=LogitsProcessor,
+                           MoveDirectionality=MoveDirectionality)
+
+
+def single_rank_context():
+    """Context manager for building vLLM layers outside an engine (unit tests): a default
+    VllmConfig is current, and a one-rank tensor-parallel group exists (gloo, loopback).
+    The process group outlives the context, as vLLM's own does; a second entry reuses it."""
+    import contextlib
+    import socket
+
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import (init_distributed_environment, initialize_model_parallel,
+                                  model_parallel_is_initialized)
+
+    @contextlib.contextmanager
+    def ctx():
+        with set_current_vllm_config(VllmConfig()):
+            if not model_parallel_is_initialized():
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                init_distributed_environment(world_size=1, rank=0, local_rank=0,
+                                             distributed_init_method=f"tcp://127.0.0.1:{port}",
+                                             backend="gloo")
+                initialize_model_parallel(1, 1)
+            yield
+    return ctx()
+
+
+def linear_layers():
+    """vLLM's parallel linear layer classes (to build layers a quant method serves)."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.layers.linear import (MergedColumnParallelLinear,
+                                                   ReplicatedLinear, RowParallelLinear)
+
+    return SimpleNamespace(MergedColumnParallelLinear=MergedColumnParallelLinear,
+                           ReplicatedLinear=ReplicatedLinear, RowParallelLinear=RowParallelLinear)

@@ -1,0 +1,140 @@
+"""ds_fp8 config and linear method on CPU, with real vLLM layer objects.
+
+The CPU path promises: the checkpoint's fp8 weight is dequantized to the model dtype once
+at load, then F.linear. So apply() must equal F.linear with the reference-dequantized
+weight bitwise, and the fp32 product within the bound bf16 weight rounding implies.
+"""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton import; unused on CPU
+
+pytest.importorskip("vllm")
+
+from ds_plugin import _vllm  # noqa: E402
+from ds_plugin.kernels.ref_fp8 import ref_weight_dequant, ref_weight_quant  # noqa: E402
+from ds_plugin.quant.fp8_block import DSBlockFp8Config, DSBlockFp8LinearMethod  # noqa: E402
+
+CKPT_CFG = {"quant_method": "fp8", "weight_block_size": [128, 128], "activation_scheme": "dynamic",
+            "fmt": "e4m3"}
+
+
+@pytest.fixture(scope="module")
+def vllm_ctx():
+    with _vllm.single_rank_context():
+        yield _vllm.linear_layers()
+
+
+def test_claims_deepseek_block_fp8_checkpoints():
+    claim = DSBlockFp8Config.override_quantization_method
+    assert claim(CKPT_CFG, None) == "ds_fp8"
+    assert claim(CKPT_CFG, "ds_fp8") == "ds_fp8"
+    assert claim({"quant_method": "awq"}, "ds_fp8") == "ds_fp8"  # MTP draft inherits the name
+    assert claim(CKPT_CFG, "fp8") is None  # the user asked for vLLM's own fp8
+    assert claim({**CKPT_CFG, "weight_block_size": [64, 64]}, None) is None
+    assert claim({"quant_method": "fp8"}, None) is None  # per-tensor fp8 is not ours
+
+
+def test_config_rejects_other_formats():
+    with pytest.raises(ValueError, match="weight_block_size"):
+        DSBlockFp8Config.from_config({**CKPT_CFG, "weight_block_size": [128, 64]})
+    with pytest.raises(ValueError, match="activation_scheme"):
+        DSBlockFp8Config.from_config({**CKPT_CFG, "activation_scheme": "static"})
+
+
+def test_register_makes_vllm_resolve_our_config():
+    import ds_plugin
+
+    ds_plugin.register()
+    ds_plugin.register()  # idempotent
+    assert _vllm.registered_quantization_config("ds_fp8") is DSBlockFp8Config
+
+
+def _load(layer, name, tensor, *shard):
+    param = getattr(layer, name)
+    param.weight_loader(param, tensor, *shard)
+
+
+def _merged(layers, k, parts, seed=0, prefix="model.layers.0.mlp.gate_up_proj"):
+    cfg = DSBlockFp8Config.from_config(CKPT_CFG)
+    layer = layers.MergedColumnParallelLinear(k, parts, bias=False, quant_config=cfg, prefix=prefix,
+                                              params_dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(seed)
+    ws = [torch.randn(n, k, generator=g) * 0.05 for n in parts]
+    qs = [ref_weight_quant(w) for w in ws]
+    return layer, qs
+
+
+def test_linear_apply_matches_dequantized_reference(vllm_ctx):
+    layer, qs = _merged(vllm_ctx, 576, [256, 384])
+    assert isinstance(layer.quant_method, DSBlockFp8LinearMethod)
+    for i, (q, s) in enumerate(qs):
+        _load(layer, "weight", q, i)
+        _load(layer, "weight_scale_inv", s, i)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert layer.ds_fp8_path == "cpu-dequantized"
+    w_ref = torch.cat([ref_weight_dequant(q, s) for q, s in qs])  # (640, 576) fp32
+    x = torch.randn(5, 576).to(torch.bfloat16)
+    out = layer.quant_method.apply(layer, x)
+    assert torch.equal(out, torch.nn.functional.linear(x, w_ref.to(torch.bfloat16)))
+    ref = x.float() @ w_ref.t()
+    # Rounding each weight to bf16 moves it by <= 2**-9 relative, so the sum moves by at
+    # most 2**-9 * sum |x||w|; the output's own rounding adds one bf16 ulp (2**-7).
+    tol = (x.float().abs() @ w_ref.abs().t()) * 2 ** -9 + ref.abs() * 2 ** -7
+    assert ((out.float() - ref).abs() <= tol).all()
+
+
+def test_row_parallel_with_partial_blocks(vllm_ctx):
+    cfg = DSBlockFp8Config.from_config(CKPT_CFG)
+    layer = vllm_ctx.RowParallelLinear(300, 200, bias=False, quant_config=cfg,
+                                       prefix="model.layers.0.self_attn.o_proj",
+                                       params_dtype=torch.bfloat16)
+    q, s = ref_weight_quant(torch.randn(200, 300) * 0.05)
+    assert layer.weight_scale_inv.shape == (2, 3)
+    _load(layer, "weight", q)
+    _load(layer, "weight_scale_inv", s)
+    layer.quant_method.process_weights_after_loading(layer)
+    x = torch.randn(3, 300).to(torch.bfloat16)
+    w = ref_weight_dequant(q, s).to(torch.bfloat16)
+    assert torch.equal(layer.quant_method.apply(layer, x), torch.nn.functional.linear(x, w))
+
+
+def test_missing_scale_fails_at_load_naming_it(vllm_ctx):
+    layer, qs = _merged(vllm_ctx, 256, [128, 128], prefix="model.layers.3.mlp.gate_up_proj")
+    for i, (q, s) in enumerate(qs):
+        _load(layer, "weight", q, i)
+    _load(layer, "weight_scale_inv", qs[0][1], 0)  # the up shard's scales never arrive
+    with pytest.raises(ValueError, match=r"model\.layers\.3\.mlp\.gate_up_proj\.weight_scale_inv: missing"):
+        layer.quant_method.process_weights_after_loading(layer)
+
+
+def test_wrong_scale_shape_fails_naming_it(vllm_ctx):
+    layer, qs = _merged(vllm_ctx, 256, [128, 128], prefix="model.layers.1.mlp.gate_up_proj")
+    with pytest.raises(ValueError, match=r"gate_up_proj\.weight_scale_inv: checkpoint tensor has shape \(2, 2\) \(shard 0\), expected \(1, 2\)"):
+        _load(layer, "weight_scale_inv", torch.ones(2, 2), 0)
+
+
+def test_nonpositive_scale_rejected(vllm_ctx):
+    layer, qs = _merged(vllm_ctx, 256, [128, 128])
+    for i, (q, s) in enumerate(qs):
+        _load(layer, "weight", q, i)
+        _load(layer, "weight_scale_inv", -s if i else s, i)
+    with pytest.raises(ValueError, match="finite and positive"):
+        layer.quant_method.process_weights_after_loading(layer)
+
+
+def test_merged_shards_must_be_whole_blocks(vllm_ctx):
+    with pytest.raises(ValueError, match="multiples of 128"):
+        _merged(vllm_ctx, 256, [100, 128])
+
+
+def test_gemm_path_choice_follows_measurements():
+    from ds_plugin.quant.fp8_block import gemm_path
+
+    assert gemm_path(1, 2112, 7168) == "triton"  # decode: weight-bandwidth bound, ours
+    assert gemm_path(4096, 2112, 7168) == "torch"  # prefill: cuBLAS blockwise is faster
+    assert gemm_path(64, 7168, 16384) == "torch"
+    assert gemm_path(4096, 256, 300) == "triton"  # K not whole blocks: cuBLAS can't
