@@ -196,11 +196,12 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs) -> None:
         n, k = sum(output_partition_sizes), input_size_per_partition
-        if len(output_partition_sizes) > 1 and any(p % BLOCK for p in output_partition_sizes):
+        if any(p % BLOCK for p in output_partition_sizes[:-1]):
             # A merged layer's shards must start on block boundaries, or one scale row
-            # would cover two shards' weights.
-            raise ValueError(f"{self.prefix}: merged output sizes {output_partition_sizes} "
-                             f"are not multiples of {BLOCK}")
+            # would cover two shards' weights (only the last may end in a partial block,
+            # as DeepSeek's fused q_a + kv_a, 1536 + 576, does).
+            raise ValueError(f"{self.prefix}: merged output sizes {output_partition_sizes}: "
+                             f"all but the last must be multiples of {BLOCK}")
         loader = extra_weight_attrs.get("weight_loader")
         # Checkpoint shapes per shard id (unsharded: vLLM slices this rank's part itself).
         tp_out = output_size // n

@@ -127,8 +127,9 @@ def test_nonpositive_scale_rejected(vllm_ctx):
 
 
 def test_merged_shards_must_be_whole_blocks(vllm_ctx):
-    with pytest.raises(ValueError, match="multiples of 128"):
+    with pytest.raises(ValueError, match="all but the last must be multiples of 128"):
         _merged(vllm_ctx, 256, [100, 128])
+    _merged(vllm_ctx, 256, [128, 100])  # a partial last shard is fine (q_a + kv_a: 1536 + 576)
 
 
 def test_gemm_path_choice_follows_measurements():
