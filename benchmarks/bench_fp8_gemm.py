@@ -74,8 +74,8 @@ def main():
     print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  copy {copy:.2f} TB/s "
           f"(brief: {CEIL_COPY_TBS}), ceilings: bf16 {CEIL_BF16_TFLOPS}, fp8 blockwise "
           f"{CEIL_FP8_BLOCKWISE_TFLOPS} TFLOP/s")
-    hdr = ("| N x K | M | ours us | TFLOP/s | GB/s | w-bytes/copy | torch-bw us | ours/torch | "
-           "bf16 us | ours/bf16 | act-quant us |" + (" best sweep us (cfg) |" if args.sweep else ""))
+    hdr = ("| N x K | M | ours us | TFLOP/s | GB/s | w-bytes/copy | torch-bw us | torch/ours time | "
+           "bf16 us | bf16/ours time | act-quant us |" + (" best sweep us (cfg) |" if args.sweep else ""))
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     for n, k in SHAPES:
