@@ -8,13 +8,19 @@ hand-written expectation; ids and names are sent once per call; finish_reason wo
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import ds_plugin
 from ds_plugin import _vllm
-from ds_plugin.testing.parser_corpus import cases, chunkings, load_tokenizer
-from ds_plugin.testing.parser_replay import (compose, expected, run_non_streaming,
-                                             run_streaming, tokenizer_for)
+from ds_plugin.parsers.scan import TOOL_MARKERS, partial_tail
+from ds_plugin.testing.parser_corpus import (B, E, Case, cases, chunkings, load_tokenizer,
+                                             v3_call, v31_call)
+from ds_plugin.testing.parser_replay import (TOOL_NAMES, compose, expected,
+                                             run_non_streaming, run_streaming, tokenizer_for)
 
 pytest.importorskip("vllm")
 
@@ -95,3 +101,39 @@ def test_reasoning_token_count_and_content_ids(managers):
     assert parser.count_reasoning_tokens(ids) == end - 1
     assert parser.extract_content_ids(ids) == ids[end + 1:]
     assert parser.is_reasoning_end_streaming(ids, ids[end:end + 1])
+
+
+# -- generated outputs through vLLM's parser (hypothesis) ----------------------------
+
+_MARKERS = ("<think>", "</think>", *TOOL_MARKERS)
+_text = st.lists(st.sampled_from(list("ab {}\":,\n<>/`é北") + ["<｜tool", "```", "think"]),
+                 max_size=10).map("".join).filter(lambda t: not any(m in t for m in _MARKERS))
+_args = st.dictionaries(st.text(max_size=4), st.integers() | st.text(max_size=5), max_size=3)
+
+
+@st.composite
+def _case(draw):
+    fmt = draw(st.sampled_from(["v3", "v31"]))
+    write = v3_call if fmt == "v3" else v31_call
+    calls = tuple((draw(st.sampled_from(TOOL_NAMES)),
+                   json.dumps(draw(_args), ensure_ascii=False,
+                              indent=draw(st.sampled_from([None, 2]))))
+                  for _ in range(draw(st.integers(0, 2))))
+    before, after = draw(_text), draw(_text)
+    assume(partial_tail(after or before, _MARKERS) == 0)  # a cut-off tail is dropped by design
+    text = before + (B + "\n".join(write(n, a) for n, a in calls) + E + after if calls else after)
+    reasoning = draw(st.none() | _text)
+    if reasoning is not None:
+        text = reasoning + "</think>" + text
+    return Case("generated", fmt, text, before + after, calls, reasoning)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_case(), how=st.sampled_from(["tokens", "chars", "random0", "whole"]))
+def test_generated_outputs_through_vllm(case, how, managers):
+    parser_cls = parser_for(case, managers)
+    want = expected(case)
+    assert run_non_streaming(parser_cls, case).key() == want.key()
+    got = run_streaming(parser_cls, case, chunkings(case.text, load_tokenizer(
+        tokenizer_for(case)), seeds=(0,))[how])
+    assert got.problems == [] and got.key() == want.key()
