@@ -137,3 +137,14 @@ def test_generated_outputs_through_vllm(case, how, managers):
     got = run_streaming(parser_cls, case, chunkings(case.text, load_tokenizer(
         tokenizer_for(case)), seeds=(0,))[how])
     assert got.problems == [] and got.key() == want.key()
+
+
+@pytest.mark.parametrize("kwargs,thinking", [({}, False), ({"thinking": True}, True),
+                                             ({"enable_thinking": True}, True),
+                                             ({"thinking": False}, False)])
+def test_v3_reasoning_switch(kwargs, thinking, managers):
+    _, reasonings, _ = managers
+    parser = reasonings.get_reasoning_parser("deepseek-v3")(
+        load_tokenizer("deepseek-v3.1"), chat_template_kwargs=kwargs)
+    want = ("Hmm.", "A.") if thinking else (None, "Hmm.</think>A.")
+    assert parser.extract_reasoning("Hmm.</think>A.", None) == want
