@@ -12,7 +12,7 @@ import os
 
 __version__ = "0.1.0"
 __all__ = ["register", "PLUGIN_NAME", "MODELS", "TOOL_PARSERS", "REASONING_PARSERS",
-           "QUANT_CONFIGS"]
+           "QUANT_CONFIGS", "ATTENTION_BACKENDS"]
 
 PLUGIN_NAME = "ds_plugin"
 
@@ -40,6 +40,14 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
 # registration (it imports only vLLM's quantization bases; kernels load on first use).
 QUANT_CONFIGS: dict[str, tuple[str, str]] = {
     "ds_fp8": ("ds_plugin.quant.fp8_block", "DSBlockFp8Config"),
+}
+# Attention backends: vLLM enum member -> ("module.Class", opt-in env var or None). Existing
+# members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`. CPU:
+# our backend replaces vLLM's CPU_MLA only with DS_PLUGIN_CPU_MLA=1, so an engine test can
+# compare it with vLLM's own and other CPU tests keep vLLM's faster C++ decode.
+ATTENTION_BACKENDS: dict[str, tuple[str, str | None]] = {
+    "CUSTOM": ("ds_plugin.attention.mla.DSMLABackend", None),
+    "CPU_MLA": ("ds_plugin.attention.mla.DSCpuMLABackend", "DS_PLUGIN_CPU_MLA"),
 }
 
 # A child of vLLM's logger, so plugin lines go through whatever logging vLLM configures
@@ -77,3 +85,6 @@ def register() -> None:
         _vllm.register_reasoning_parser(name, module, cls)
     for name, (module, cls) in QUANT_CONFIGS.items():
         _vllm.register_quantization_config(name, module, cls)
+    for name, (path, opt_in) in ATTENTION_BACKENDS.items():
+        if opt_in is None or os.environ.get(opt_in) == "1":
+            _vllm.register_attention_backend(name, path)

@@ -390,3 +390,52 @@ def linear_layers():
 
     return SimpleNamespace(MergedColumnParallelLinear=MergedColumnParallelLinear,
                            ReplicatedLinear=ReplicatedLinear, RowParallelLinear=RowParallelLinear)
+
+
+# ---------------------------------------------------------------------------------------
+# Attention backends (ds_plugin/attention/). Overriding an existing enum member (or the
+# CUSTOM placeholder) rather than adding a new name: a new member exists only in the
+# process that registered it, and a pickled VllmConfig naming it fails to load in a
+# spawned worker (design doc vllm-0.32-plugin-api.md §3.6).
+# ---------------------------------------------------------------------------------------
+
+
+def register_attention_backend(enum_name: str, class_path: str) -> None:
+    """Point AttentionBackendEnum.<enum_name> at `class_path` ("module.Class", dots)."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    register_backend(AttentionBackendEnum[enum_name], class_path)
+
+
+def attention_backend_path(enum_name: str) -> str | None:
+    """The class path AttentionBackendEnum.<enum_name> resolves to now (overrides first)."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    return AttentionBackendEnum[enum_name].get_path()
+
+
+def mla_backend_api():
+    """vLLM's MLA backend base classes and the enums a backend declares itself with."""
+    from types import SimpleNamespace
+
+    from vllm.model_executor.layers.attention.mla_attention import (MLACommonBackend,
+                                                                    MLACommonImpl,
+                                                                    MLACommonMetadata,
+                                                                    MLACommonMetadataBuilder,
+                                                                    QueryLenSupport)
+    from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, MultipleOf
+
+    return SimpleNamespace(
+        MLACommonBackend=MLACommonBackend, MLACommonImpl=MLACommonImpl,
+        MLACommonMetadata=MLACommonMetadata, MLACommonMetadataBuilder=MLACommonMetadataBuilder,
+        QueryLenSupport=QueryLenSupport, AttentionCGSupport=AttentionCGSupport,
+        AttentionType=AttentionType, MultipleOf=MultipleOf,
+    )
+
+
+def current_max_model_len(default: int) -> int:
+    """max_model_len of the vLLM config current while layers are built (else `default`)."""
+    from vllm.config import get_current_vllm_config
+
+    model_config = get_current_vllm_config().model_config
+    return int(getattr(model_config, "max_model_len", 0) or default)

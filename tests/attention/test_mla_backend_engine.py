@@ -1,0 +1,74 @@
+"""ds-plugin's MLA backend inside the real vLLM engine (CPU): same greedy tokens as vLLM's own.
+
+Two servers on one tiny peaked checkpoint, both with `--attention-backend CPU_MLA`: one with
+DS_PLUGIN_CPU_MLA=1 (our backend: our metadata builder, our cache write and decode through the
+kernels' torch twins), one without (vLLM's CPU_MLA with its C++ decode). Prompts are long enough
+to fill several 16-token pages and the completions cross page boundaries during decode.
+
+The checkpoint is peaked (TinyConfig.logit_peak) so greedy decoding is not decided by bf16
+near-ties; the comparison still stops at the first step whose top-2 logprob gap in the reference
+is below 0.05 nats, where legitimately different summation orders may flip the choice.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
+from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+
+pytestmark = pytest.mark.engine
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog. " * 4,
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17",
+    "Hi",
+]
+MAX_TOKENS = 24
+NEAR_TIE = 0.05
+
+
+def _greedy(server: VllmServer) -> list[list[tuple[str, float]]]:
+    """Per prompt: (token, top-1 minus top-2 logprob) for each generated step."""
+    runs = []
+    for prompt in PROMPTS:
+        status, body = server.post("/v1/completions", {
+            "model": server.model, "prompt": prompt, "max_tokens": MAX_TOKENS,
+            "temperature": 0.0, "logprobs": 2, "ignore_eos": True})
+        assert status == 200, body
+        lp = body["choices"][0]["logprobs"]
+        steps = []
+        for token, top in zip(lp["tokens"], lp["top_logprobs"]):
+            vals = sorted(top.values(), reverse=True)
+            steps.append((token, vals[0] - vals[1] if len(vals) > 1 else float("inf")))
+        runs.append(steps)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def peaked_ckpt(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("mla") / "tiny-peaked",
+                            TinyConfig(logit_peak=2.0))
+
+
+def test_our_cpu_mla_backend_matches_vllm(peaked_ckpt, tmp_path):
+    args = [*CPU_DEFAULT_ARGS, "--attention-backend", "CPU_MLA", "--max-num-seqs", "4"]
+    with VllmServer(peaked_ckpt, args=args, env={"DS_PLUGIN_CPU_MLA": "1"},
+                    log_path=tmp_path / "ours.log") as ours:
+        got = _greedy(ours)
+        log = ours.log_text()
+    # The engine really ran our classes, not vLLM's CPU_MLA under the same name.
+    assert "ds_plugin.attention.mla" in log, log[-3000:]
+    with VllmServer(peaked_ckpt, args=args, env={"DS_PLUGIN_CPU_MLA": "0"},
+                    log_path=tmp_path / "ref.log") as ref:
+        want = _greedy(ref)
+        assert "ds_plugin.attention.mla" not in ref.log_text()
+    compared = 0
+    for ours_steps, ref_steps in zip(got, want):
+        for (tok, _), (ref_tok, gap) in zip(ours_steps, ref_steps):
+            if gap < NEAR_TIE:
+                break
+            assert tok == ref_tok, (ours_steps, ref_steps)
+            compared += 1
+    # Most steps must be decisive, or the test would prove nothing.
+    assert compared >= MAX_TOKENS * len(PROMPTS) // 2, (got, want)
