@@ -168,7 +168,29 @@ def blockwise_scaled_mm(a, a_s, w, w_s, out_dtype):
                        st.BlockWise128x128, output_dtype=out_dtype)
 
 
-def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
+def torch_path_agrees(w: torch.Tensor, w_s: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Run torch's blockwise GEMM once for this weight and compare it with our kernel.
+
+    False when this torch/cuBLAS build rejects the shape or disagrees (beyond fp8 GEMM
+    noise, calc_diff 1e-3); the layer then keeps to our kernel. Once per layer, at load.
+    """
+    from ds_plugin.kernels import fp8_act_quant, fp8_block_gemm_nt
+    from ds_plugin.kernels.ref_fp8 import calc_diff
+
+    if w.shape[1] % BLOCK:
+        return False
+    g = torch.Generator(device=w.device).manual_seed(0)
+    a, a_s = fp8_act_quant(torch.randn(TORCH_MIN_M, w.shape[1], device=w.device,
+                                       generator=g).to(dtype))
+    try:
+        theirs = blockwise_scaled_mm(a, a_s, w, w_s, dtype)
+    except (RuntimeError, ValueError, NotImplementedError):  # what torch raises for "no kernel"
+        return False
+    return calc_diff(theirs, fp8_block_gemm_nt(a, a_s, w, w_s, out_dtype=dtype)) < 1e-3
+
+
+def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_s: torch.Tensor,
+               torch_ok: bool = True) -> torch.Tensor:
     """x (..., K) bf16 @ dequant(w (N, K) fp8, w_s).T on CUDA, per-shape GEMM choice."""
     from ds_plugin.kernels import fp8_act_quant, fp8_block_gemm_nt
 
@@ -178,7 +200,7 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_s: torch.Tensor) -> torch.Ten
         x2 = x2.contiguous()
     a, a_s = fp8_act_quant(x2)
     n = w.shape[0]
-    if gemm_path(x2.shape[0], n, k) == "torch":
+    if torch_ok and gemm_path(x2.shape[0], n, k) == "torch":
         y = blockwise_scaled_mm(a, a_s, w, w_s, x.dtype)
     else:
         y = fp8_block_gemm_nt(a, a_s, w, w_s, out_dtype=x.dtype)
@@ -230,6 +252,8 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
                         (_ceil(n, BLOCK), _ceil(k, BLOCK)))
         if w.device.type == "cuda":
             layer.ds_fp8_path = "cuda-fp8"
+            layer.ds_fp8_torch_ok = torch_path_agrees(w.data, layer.weight_scale_inv.data,
+                                                      layer.orig_dtype)
             self.config.note_path("linear", "CUDA fp8 (Triton block GEMM / torch blockwise scaled_mm)")
             return
         from ds_plugin.kernels import fp8_block_dequant
@@ -244,5 +268,5 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
               bias: torch.Tensor | None = None) -> torch.Tensor:
         if layer.ds_fp8_path == "cpu-dequantized":
             return torch.nn.functional.linear(x, layer.weight, bias)
-        y = fp8_linear(x, layer.weight, layer.weight_scale_inv)
+        y = fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.ds_fp8_torch_ok)
         return y + bias if bias is not None else y

@@ -139,3 +139,19 @@ def test_gemm_path_choice_follows_measurements():
     assert gemm_path(4096, 2112, 7168) == "torch"  # prefill: cuBLAS blockwise is faster
     assert gemm_path(64, 7168, 16384) == "torch"
     assert gemm_path(4096, 256, 300) == "triton"  # K not whole blocks: cuBLAS can't
+
+
+def test_cuda_path_code_under_the_interpreter():
+    # The CUDA branch (act quant + per-shape GEMM choice) run on CPU through Triton's
+    # interpreter: torch's blockwise GEMM is absent here, so the probe must say so and
+    # the layer must fall back to our kernel.
+    from ds_plugin.kernels.ref_fp8 import ref_act_quant, ref_block_gemm_nt
+    from ds_plugin.quant.fp8_block import fp8_linear, torch_path_agrees
+
+    q, s = ref_weight_quant(torch.randn(200, 384) * 0.05)
+    assert not torch_path_agrees(q, s, torch.bfloat16)
+    x = torch.randn(2, 3, 384).to(torch.bfloat16)
+    y = fp8_linear(x, q, s, torch_ok=False)
+    ref = ref_block_gemm_nt(*ref_act_quant(x.reshape(6, 384)), q, s).view(2, 3, 200).float()
+    assert y.shape == (2, 3, 200)
+    assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12).all()
