@@ -15,7 +15,8 @@ deltas split. What it guarantees:
 * A call is reported as soon as its name is complete; its arguments stream as they
   arrive, verbatim (never re-serialised, never a placeholder `{}`), multi-line included.
   JSON validity is not required: what the model wrote is what the client gets.
-* A call whose head is malformed (no separator, empty name) comes back as content, raw.
+* A call whose head is malformed (no separator, empty name, over 256 characters) comes
+  back as content, raw.
 * Output cut off inside a call (max_tokens) keeps the calls with complete names; the
   cut call's arguments are what was generated, less a trailing part that could still
   have been the closing fence or marker. Likewise a cut-off partial marker at the very
@@ -58,6 +59,11 @@ _FENCE_CHARS = frozenset(" \t\r\n`")
 # Markers that end a call's arguments: its own end, or (when the model forgets it) the
 # next call or the end of the block, which are then parsed again.
 _ARG_ENDS = (CALL_END, CALL_BEGIN, CALLS_END)
+
+# A call head ("function<｜tool▁sep｜>NAME\n" or "NAME<｜tool▁sep｜>") is short (OpenAI
+# caps names at 64 characters); one this long without its delimiter is returned as
+# content rather than held back until the end of the output.
+_MAX_HEAD = 256
 
 _TEXT, _BLOCK, _HEAD, _FENCE, _ARGS = range(5)
 
@@ -161,7 +167,9 @@ class ToolCallStream:
         self._head = CALL_BEGIN
 
     def _step_head(self, out: ToolDelta) -> bool:
-        buf = self._buf
+        # Decided on the first _MAX_HEAD characters only, so the outcome cannot depend on
+        # how much text had arrived when it was taken.
+        buf = self._buf[:_MAX_HEAD]
         stop = find_first(buf, _ARG_ENDS)
         limit = stop[0] if stop else len(buf)
         sep = buf.find(TOOL_SEP, 0, limit)
@@ -175,18 +183,18 @@ class ToolCallStream:
                 elif stop is not None:  # ended before the newline: a call without args
                     name, consumed = buf[sep + len(TOOL_SEP):stop[0]], stop[0]
                 else:
-                    return False  # the name is not complete yet
+                    name, consumed = "", 0  # the name is not complete yet
             if name.strip():
                 self._start_call(out, name.strip(), consumed)
                 return True
-        if stop is None:
+        if stop is None and len(self._buf) < _MAX_HEAD:
             return False  # wait: the head may still complete, or turn out malformed
-        # No separator or an empty name before the call ended: not a call. Return it
-        # to the client as written.
-        end = stop[0] + (len(CALL_END) if stop[1] == CALL_END else 0)
+        # No separator or an empty name before the call ended, or no end in sight: not a
+        # call. Return it to the client as written.
+        end = stop[0] + (len(CALL_END) if stop[1] == CALL_END else 0) if stop else len(buf)
         out.content += self._head + buf[:end]
-        self._buf = buf[end:]
-        self._state = _BLOCK
+        self._buf = self._buf[end:]
+        self._state = _BLOCK if stop else _TEXT
         return True
 
     def _start_call(self, out: ToolDelta, name: str, consumed: int) -> None:

@@ -158,3 +158,17 @@ def test_cut_off_output_streams_like_it_parses(out, frac, rng):
     assert len(got) <= len(calls)
     for (name, args), (full_name, full_args) in zip(got, calls):
         assert name == full_name and full_args.startswith(args)
+
+
+@pytest.mark.parametrize("fmt", [DEEPSEEK_V3, DEEPSEEK_V31])
+def test_runaway_call_head_becomes_content(fmt):
+    # A call opener followed by prose and no separator: returned, not held to the end.
+    prose = "I cannot call tools here, so here is the answer directly. " * 6
+    text = "<｜tool▁call▁begin｜>" + prose
+    want = parse_tool_calls(text, fmt)
+    assert want.calls == [] and want.content == text
+    for cuts in all_cuts(text, seed=3).values():
+        assert stream(text, fmt, cuts)[:2] == (text, [])
+    # A head that completes inside the window is still a call.
+    call = (v3_call if fmt is DEEPSEEK_V3 else v31_call)("f", "{}")
+    assert [c.name for c in parse_tool_calls(call, fmt).calls] == ["f"]
