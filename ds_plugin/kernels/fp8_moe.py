@@ -14,7 +14,50 @@ import triton
 import triton.language as tl
 
 from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_silu_mul_quant
-from ds_plugin.kernels.ref_fp8 import FP8, GROUP, ceil_div
+from ds_plugin.kernels.ref_fp8 import (FP8, GROUP, ceil_div, moe_align_capacity,
+                                       ref_moe_align)
+
+# One program aligns up to this many (token, slot) pairs (512 tokens at top-8): decode,
+# where the torch twin's ~25 small launches would cost as much as the experts' weight
+# read. Larger batches use the twin; their GEMMs amortise it.
+MAX_ALIGN_PAIRS = 4096
+
+
+@triton.jit
+def _align_kernel(ids_ptr, sorted_ptr, block_expert_ptr, counts_ptr, shift_ptr, P, E, cap,
+                  BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr, BM: tl.constexpr,
+                  BLOCK_F: tl.constexpr):
+    # A single program: histogram, prefix sums, a stable sort and two scatters, with
+    # barriers between the phases that hand data through the scratch buffers.
+    offs = tl.arange(0, BLOCK_P)
+    valid = offs < P
+    e_offs = tl.arange(0, BLOCK_E)
+    e_ok = e_offs < E
+    tl.store(counts_ptr + e_offs, tl.zeros([BLOCK_E], tl.int32), mask=e_ok)
+    for c in range(0, cap, BLOCK_F):  # sentinels: padding rows and blocks past the end
+        f = c + tl.arange(0, BLOCK_F)
+        tl.store(sorted_ptr + f, tl.zeros([BLOCK_F], tl.int32) + P, mask=f < cap)
+        tl.store(block_expert_ptr + f, tl.zeros([BLOCK_F], tl.int32) - 1, mask=f < cap // BM)
+    tl.debug_barrier()
+    ids = tl.load(ids_ptr + offs, mask=valid, other=0).to(tl.int32)
+    tl.atomic_add(counts_ptr + ids, tl.full([BLOCK_P], 1, tl.int32), mask=valid)
+    tl.debug_barrier()
+    # .cg: read what the atomics left in L2, never a stale L1 line.
+    cnt = tl.load(counts_ptr + e_offs, mask=e_ok, other=0, cache_modifier=".cg")
+    padded = (cnt + BM - 1) // BM * BM
+    # sorted position i of expert e lands at pad_start[e] + (i - cnt_start[e])
+    tl.store(shift_ptr + e_offs, (tl.cumsum(padded, 0) - padded) - (tl.cumsum(cnt, 0) - cnt),
+             mask=e_ok)
+    tl.debug_barrier()
+    # Stable: the key orders by expert, then by pair index; invalid lanes sort last.
+    key = tl.where(valid, ids * BLOCK_P + offs, (E + 1) * BLOCK_P + offs)
+    key = tl.sort(key)
+    expert = key // BLOCK_P
+    dest = offs + tl.load(shift_ptr + expert, mask=valid, other=0, cache_modifier=".cg")
+    tl.store(sorted_ptr + dest, key % BLOCK_P, mask=valid)
+    # Each expert's run starts on a block boundary and its real rows come first, so the
+    # pairs at a multiple of BM are exactly the first rows of that expert's blocks.
+    tl.store(block_expert_ptr + dest // BM, expert, mask=valid & (dest % BM == 0))
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
@@ -25,26 +68,23 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     Returns:
         sorted_ids: (P,) int32, flat pair index t*k + j, or M*k for a padding row.
         block_expert: (P / block_m,) int32, the expert of each block, -1 past the end.
-        P is an upper bound, M*k + min(M*k, E)*(block_m - 1), rounded up to block_m.
+        P = moe_align_capacity(M*k, E, block_m), a bound, so shapes depend on M only.
+    Equal, element for element, to ref_fp8.ref_moe_align (which serves batches past
+    MAX_ALIGN_PAIRS).
     """
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    pairs = flat.numel()
-    dev = flat.device
-    cap = ceil_div(pairs + min(pairs, num_experts) * (block_m - 1), block_m) * block_m
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
-    counts.index_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_m - 1) // block_m * block_m
-    pad_end = torch.cumsum(padded, 0)
-    pad_start = pad_end - padded
-    cnt_start = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(flat, stable=True)
-    expert_of = flat[order]
-    rank = torch.arange(pairs, device=dev) - cnt_start[expert_of]
-    sorted_ids = torch.full((cap,), pairs, dtype=torch.int32, device=dev)
-    sorted_ids[pad_start[expert_of] + rank] = order.to(torch.int32)
-    block_start = torch.arange(0, cap, block_m, device=dev)
-    block_expert = torch.searchsorted(pad_end, block_start, right=True)
-    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
+    pairs = topk_ids.numel()
+    if pairs == 0 or pairs > MAX_ALIGN_PAIRS:
+        return ref_moe_align(topk_ids, num_experts, block_m)
+    dev = topk_ids.device
+    cap = moe_align_capacity(pairs, num_experts, block_m)
+    sorted_ids = torch.empty(cap, dtype=torch.int32, device=dev)
+    block_expert = torch.empty(cap // block_m, dtype=torch.int32, device=dev)
+    scratch = torch.empty(2, num_experts, dtype=torch.int32, device=dev)
+    block_p = max(16, triton.next_power_of_2(pairs))
+    _align_kernel[(1,)](topk_ids.reshape(-1), sorted_ids, block_expert, scratch[0], scratch[1],
+                        pairs, num_experts, cap, BLOCK_P=block_p,
+                        BLOCK_E=max(16, triton.next_power_of_2(num_experts)), BM=block_m,
+                        BLOCK_F=1024, num_warps=8 if block_p >= 2048 else 4)
     return sorted_ids, block_expert
 
 

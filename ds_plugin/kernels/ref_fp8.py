@@ -95,6 +95,44 @@ def ref_block_gemm_nt(a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16) -> torch.Ten
     return (a @ b.t()).to(out_dtype)
 
 
+def moe_align_capacity(pairs: int, num_experts: int, block_m: int) -> int:
+    """Upper bound of the padded length: every hit expert wastes at most block_m - 1 rows."""
+    return ceil_div(pairs + min(pairs, num_experts) * (block_m - 1), block_m) * block_m
+
+
+def ref_moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """Sort (token, slot) pairs by expert and pad each expert's run to a multiple of block_m.
+
+    The torch twin of fp8_moe.moe_align (and its path for batches past one program).
+
+    Args:
+        topk_ids: (M, k) int, expert of each token's k-th choice (ids in [0, num_experts)).
+    Returns:
+        sorted_ids: (P,) int32, flat pair index t*k + j, or M*k for a padding row.
+        block_expert: (P / block_m,) int32, the expert of each block, -1 past the end.
+        P is an upper bound, M*k + min(M*k, E)*(block_m - 1), rounded up to block_m.
+    """
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    pairs = flat.numel()
+    dev = flat.device
+    cap = moe_align_capacity(pairs, num_experts, block_m)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
+    counts.index_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    pad_end = torch.cumsum(padded, 0)
+    pad_start = pad_end - padded
+    cnt_start = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(flat, stable=True)
+    expert_of = flat[order]
+    rank = torch.arange(pairs, device=dev) - cnt_start[expert_of]
+    sorted_ids = torch.full((cap,), pairs, dtype=torch.int32, device=dev)
+    sorted_ids[pad_start[expert_of] + rank] = order.to(torch.int32)
+    block_start = torch.arange(0, cap, block_m, device=dev)
+    block_expert = torch.searchsorted(pad_end, block_start, right=True)
+    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
+    return sorted_ids, block_expert
+
+
 def ref_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """(T, 2I) -> (T, I) fp32: silu(gate) * up, gate = first half, up = second half."""
     i = gate_up.shape[1] // 2

@@ -12,7 +12,7 @@ if not CUDA:  # must precede the first Triton import: @triton.jit reads it at de
 from ds_plugin.kernels.fp8_moe import fp8_fused_moe, fp8_grouped_gemm_nt, moe_align  # noqa: E402
 from ds_plugin.kernels.fp8_quant import fp8_act_quant  # noqa: E402
 from ds_plugin.kernels.ref_fp8 import (calc_diff, random_fp8_weight, ref_act_dequant,  # noqa: E402
-                                       ref_fused_moe, ref_weight_dequant)
+                                       ref_fused_moe, ref_moe_align, ref_weight_dequant)
 
 DEV = "cuda" if CUDA else "cpu"
 
@@ -44,6 +44,18 @@ def test_align_invariants(m, e, k, bm):
         else:
             assert rows.numel() > 0 and (flat[rows] == ex).all()
             assert torch.equal(rows, rows.sort().values)  # stable: token order kept
+
+
+@pytest.mark.parametrize("m,e,k,bm", [(1, 8, 2, 16), (7, 5, 3, 16), (40, 16, 4, 32), (3, 300, 8, 16),
+                                      (9, 6, 2, 16), (64, 256, 8, 16)]
+                         + ([(512, 256, 8, 16), (300, 256, 8, 64)] if CUDA else []))
+def test_align_kernel_equals_torch_twin(m, e, k, bm):
+    # Data movement: the single-program Triton align must give the twin's arrays exactly.
+    _, ids = _routing(m, e, k, seed=m, skew=(m == 9))
+    got = moe_align(ids.to(torch.int32), e, bm)
+    ref = ref_moe_align(ids, e, bm)
+    for name, g, r in zip(("sorted_ids", "block_expert"), got, ref):
+        assert torch.equal(g, r), f"{name}: first difference at {(g != r).nonzero()[0].tolist()}"
 
 
 def _experts(e, h, i, seed=0):
