@@ -2,7 +2,8 @@
 
 One Triton kernel serves every M: tiles are picked per M bucket (`gemm_config`), and
 for small M (decode) the K loop is split across programs so that a weight of a few
-thousand rows still spreads over every SM; the fp32 partial sums are then added once.
+thousand rows still spreads over every SM; a second small kernel adds the fp32 partial
+sums and rounds once.
 `ref_fp8.ref_block_gemm_nt` is the fp32 twin.
 """
 
@@ -100,6 +101,17 @@ def _block_gemm_kernel(a_ptr, as_ptr, b_ptr, bs_ptr, c_ptr, M, N, K,
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _split_k_sum_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    # out = sum over splits of the fp32 partials, rounded once to out's dtype: one pass.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT):
+        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _check(a, a_s, b, b_s):
     if a.dtype != FP8 or b.dtype != FP8:
         raise TypeError(f"fp8_block_gemm_nt: a and b must be float8_e4m3fn, got {a.dtype}, {b.dtype}")
@@ -154,5 +166,6 @@ def fp8_block_gemm_nt(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: 
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=GROUP, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split > 1:
-        torch.sum(c, dim=0, out=out) if out_dtype == torch.float32 else out.copy_(c.sum(0))
+        numel = m * n
+        _split_k_sum_kernel[(ceil_div(numel, 1024),)](c, out, numel, SPLIT=split, BLOCK=1024)
     return out
