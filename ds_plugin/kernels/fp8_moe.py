@@ -164,6 +164,18 @@ def fp8_grouped_gemm_nt(a, a_s, w, w_s, sorted_ids, block_expert, num_pairs: int
     return out
 
 
+@triton.jit
+def _combine_kernel(y_ptr, out_ptr, H, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+    # out[t] = sum_j y[t*k + j] (rows already weighted), fp32 sum, one rounding.
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(y_ptr + (t * TOP_K + j) * H + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * H + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def moe_block_m(num_pairs: int, num_experts: int) -> int:
     """Rows per expert block: 16 while experts see a few rows each (decode), larger when
     the average expert run fills a tensor-core tile."""
@@ -201,4 +213,6 @@ def fp8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     aq, as_ = fp8_silu_mul_quant(gate_up, ue8m0=ue8m0)
     y = fp8_grouped_gemm_nt(aq, as_, w2, w2_s, sorted_ids, block_expert, pairs, 1,
                             topk_weights=topk_weights.reshape(-1).float(), block_m=bm)
-    return y.view(m, top_k, h).sum(dim=1, dtype=torch.float32).to(x.dtype)
+    out = torch.empty(m, h, dtype=x.dtype, device=x.device)
+    _combine_kernel[(m, ceil_div(h, 1024))](y, out, h, TOP_K=top_k, BLOCK=1024)
+    return out
