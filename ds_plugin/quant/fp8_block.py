@@ -267,6 +267,9 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
         if layer.ds_fp8_path == "cpu-dequantized":
-            return torch.nn.functional.linear(x, layer.weight, bias)
+            # x may be fp32: vLLM's MLA reads kv_b_proj's weights back by applying the
+            # layer to an fp32 identity matrix.
+            w = layer.weight if layer.weight.dtype == x.dtype else layer.weight.to(x.dtype)
+            return torch.nn.functional.linear(x, w, bias)
         y = fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.ds_fp8_torch_ok)
         return y + bias if bias is not None else y

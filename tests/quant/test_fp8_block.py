@@ -100,6 +100,8 @@ def test_row_parallel_with_partial_blocks(vllm_ctx):
     x = torch.randn(3, 300).to(torch.bfloat16)
     w = ref_weight_dequant(q, s).to(torch.bfloat16)
     assert torch.equal(layer.quant_method.apply(layer, x), torch.nn.functional.linear(x, w))
+    # vLLM's MLA recovers kv_b_proj's weight as apply(fp32 identity).T: exact here.
+    assert torch.equal(layer.quant_method.apply(layer, torch.eye(300)).t(), w.float())
 
 
 def test_missing_scale_fails_at_load_naming_it(vllm_ctx):
