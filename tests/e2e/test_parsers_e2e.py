@@ -127,7 +127,7 @@ def test_cut_off_inside_a_call(server):
     assert sfin == "length"
 
 
-THOUGHTS = " ".join(f"step{i}" for i in range(30))
+THOUGHTS = " ".join(f"step{i}" for i in range(16))
 
 
 def thoughts_reply(server, xargs=None, **budget):
