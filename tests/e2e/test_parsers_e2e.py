@@ -161,3 +161,18 @@ def test_bad_thinking_budget_is_400(server, bad):
     assert status == 400, resp
     status, _ = server.post("/v1/chat/completions", body("ok", tools=False))
     assert status == 200  # and the server keeps serving
+
+
+def test_tool_choice_required_under_vllm_grammar(server):
+    # "required" makes vLLM constrain decoding with xgrammar's DeepSeek structural tag;
+    # the forced output follows that grammar, and our parser must read what it allows.
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "d",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]}}}]
+    args = '{"city": "Paris"}'
+    req = body(B + v3_call("get_weather", args) + E, tool_choice="required")
+    req["tools"] = tools
+    (full, fin), (streamed, sfin) = both(server, req)
+    assert full == streamed == {"content": "", "reasoning": "", "calls": [("get_weather", args)]}
+    assert fin == sfin == "tool_calls"
