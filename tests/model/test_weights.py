@@ -1,0 +1,111 @@
+"""The checkpoint loader on a real, in-process DeepseekV3ForCausalLM (TP=1, no engine).
+
+Release names land in the fused/stacked vLLM parameters bit for bit, the MTP layer is
+skipped, and a missing, unexpected or mis-shaped tensor stops the load with its name.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from ds_plugin.testing.checkpoint import read_state_dict
+from tests.model import checkpoints
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _build(path):
+    from vllm.config import set_current_vllm_config
+    from vllm.distributed import (init_distributed_environment, initialize_model_parallel,
+                                  model_parallel_is_initialized)
+    from vllm.engine.arg_utils import EngineArgs
+
+    from ds_plugin.model.deepseek_v3 import DeepseekV3ForCausalLM
+
+    cfg = EngineArgs(model=str(path), skip_tokenizer_init=True, enforce_eager=True,
+                     max_model_len=512, gpu_memory_utilization=0.15).create_engine_config()
+    with set_current_vllm_config(cfg):
+        if not model_parallel_is_initialized():
+            init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
+                                         distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
+            initialize_model_parallel(1, 1)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            return DeepseekV3ForCausalLM(vllm_config=cfg)
+        finally:
+            torch.set_default_dtype(default)
+
+
+@pytest.fixture(scope="module")
+def bf16(tmp_path_factory):
+    path = checkpoints.make(tmp_path_factory.mktemp("weights"), "yarn")
+    return path, read_state_dict(path, dequantize=False)
+
+
+def _load(path, tensors: dict[str, torch.Tensor]):
+    model = _build(path)
+    model.load_weights(iter(tensors.items()))
+    return model
+
+
+def test_release_names_land_bitwise(bf16):
+    path, sd = bf16
+    model = _load(path, sd)
+    p = dict(model.named_parameters())
+    a = "model.layers.1.self_attn."
+    q_rank = model.cfg.q_lora_rank
+    fused = p[a + "fused_qkv_a_proj.weight"]
+    assert torch.equal(fused[:q_rank], sd[a + "q_a_proj.weight"])
+    assert torch.equal(fused[q_rank:], sd[a + "kv_a_proj_with_mqa.weight"])
+    assert torch.equal(p[a + "kv_b_proj.weight"], sd[a + "kv_b_proj.weight"])
+    m = "model.layers.1.mlp."
+    inter = model.cfg.moe_intermediate_size
+    for e in (0, 7, 15):
+        w13 = p[m + "experts.routed_experts.w13_weight"][e]
+        assert torch.equal(w13[:inter], sd[f"{m}experts.{e}.gate_proj.weight"])
+        assert torch.equal(w13[inter:], sd[f"{m}experts.{e}.up_proj.weight"])
+        assert torch.equal(p[m + "experts.routed_experts.w2_weight"][e],
+                           sd[f"{m}experts.{e}.down_proj.weight"])
+    bias = p[m + "gate.e_score_correction_bias"]
+    assert bias.dtype == torch.float32 and torch.equal(bias, sd[m + "gate.e_score_correction_bias"])
+    dense = p["model.layers.0.mlp.gate_up_proj.weight"]
+    assert torch.equal(dense[:model.cfg.intermediate_size], sd["model.layers.0.mlp.gate_proj.weight"])
+    # The MTP layer (index num_hidden_layers) was in the checkpoint and is not in the model.
+    assert any(n.startswith("model.layers.2.") for n in sd)
+    assert not any(n.startswith("model.layers.2.") for n in p)
+
+
+@pytest.mark.parametrize("victim", ["model.layers.1.mlp.experts.3.up_proj.weight",
+                                    "model.layers.0.self_attn.q_a_proj.weight",
+                                    "model.layers.1.mlp.gate.e_score_correction_bias"])
+def test_missing_tensor_named(bf16, victim):
+    path, sd = bf16
+    with pytest.raises(ValueError, match=f"lacks 1 tensor.*{victim}"):
+        _load(path, {k: v for k, v in sd.items() if k != victim})
+
+
+@pytest.mark.parametrize("victim", ["model.layers.0.self_attn.q_b_proj.weight",
+                                    "model.layers.1.mlp.experts.5.down_proj.weight",
+                                    "model.layers.1.self_attn.kv_a_proj_with_mqa.weight"])
+def test_misshaped_tensor_named(bf16, victim):
+    path, sd = bf16
+    bad = dict(sd)
+    # One extra output row: the kind of error a narrow-by-rank loader would not notice.
+    bad[victim] = torch.cat([sd[victim], sd[victim][:1]])
+    with pytest.raises(ValueError, match=f"{victim}.*has shape"):
+        _load(path, bad)
+
+
+def test_unexpected_tensor_named(bf16):
+    path, sd = bf16
+    name = "model.layers.0.self_attn.q_proj.weight"  # q LoRA model: no plain q_proj
+    with pytest.raises(ValueError, match=f"{name}.*no place"):
+        _load(path, {**sd, name: torch.zeros(512, 256, dtype=torch.bfloat16)})
