@@ -41,6 +41,12 @@ def _announce(path: str) -> None:
     log.info("ds-plugin MLA backend (ds_plugin.attention.mla): decode via %s", path)
 
 
+@functools.cache
+def _announce_multi_token(s_q: int) -> None:
+    # Once per query length: MTP verification reached the decode kernel, not the prefill path.
+    log.info("ds-plugin MLA decode: %d query tokens per request (causal among them)", s_q)
+
+
 class DSMLAMetadataBuilder(V.MLACommonMetadataBuilder[V.MLACommonMetadata]):
     # Decode batches of one query length per request (MTP verification included) take the
     # decode path and may be captured as full CUDA graphs.
@@ -154,6 +160,8 @@ class DSMLAImpl(V.MLACommonImpl[V.MLACommonMetadata]):
         if rest:
             raise ValueError(f"ds-plugin MLA: {tokens} decode tokens over {num_reqs} requests "
                              "are not a uniform batch")
+        if s_q > 1:
+            _announce_multi_token(s_q)
         q4 = q.contiguous().view(num_reqs, s_q, heads, dim)
         k_scale = layer._k_scale if self._fp8 else None
         if q.is_cuda:

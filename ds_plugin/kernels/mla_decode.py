@@ -13,8 +13,9 @@ pieces. The piece length is computed on the device from each sequence's own leng
 graph captured once replays for other lengths. With one split the first kernel writes the final
 output directly.
 
-FP8 e4m3 cache: rows are upcast to fp16 in registers (the query too) and the per-tensor `k_scale` is applied to the
-scores and to the output (the value is the same latent, so the same scale).
+FP8 e4m3 cache: rows are upcast to fp16 in registers (the query too), and the per-tensor
+`k_scale` is applied to the scores and to the output (the value is the same latent, so the same
+scale).
 """
 
 from __future__ import annotations

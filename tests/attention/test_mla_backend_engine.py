@@ -2,8 +2,10 @@
 
 Two servers on one tiny peaked checkpoint, both with `--attention-backend CPU_MLA`: one with
 DS_PLUGIN_CPU_MLA=1 (our backend: our metadata builder, our cache write and decode through the
-kernels' torch twins), one without (vLLM's CPU_MLA with its C++ decode). Prompts are long enough
-to fill several 16-token pages and the completions cross page boundaries during decode.
+kernels' torch twins), one without (vLLM's CPU_MLA with its C++ decode). Ours also runs MTP with
+two draft tokens, so its decode sees three query tokens per request (causal among them); greedy
+speculative decoding is exact, so the tokens must still match the reference's plain decoding.
+Prompts fill several 16-token pages and the completions cross page boundaries during decode.
 
 The checkpoint is peaked (TinyConfig.logit_peak) so greedy decoding is not decided by bf16
 near-ties; the comparison still stops at the first step whose top-2 logprob gap in the reference
@@ -11,6 +13,8 @@ is below 0.05 nats, where legitimately different summation orders may flip the c
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -53,12 +57,16 @@ def peaked_ckpt(tmp_path_factory):
 
 def test_our_cpu_mla_backend_matches_vllm(peaked_ckpt, tmp_path):
     args = [*CPU_DEFAULT_ARGS, "--attention-backend", "CPU_MLA", "--max-num-seqs", "4"]
-    with VllmServer(peaked_ckpt, args=args, env={"DS_PLUGIN_CPU_MLA": "1"},
-                    log_path=tmp_path / "ours.log") as ours:
+    # The drafter picks its own backend (AMX_MLA on AMX machines); pin it to the target's.
+    mtp = {"method": "mtp", "num_speculative_tokens": 2, "attention_backend": "CPU_MLA"}
+    with VllmServer(peaked_ckpt, args=[*args, "--speculative-config", json.dumps(mtp)],
+                    env={"DS_PLUGIN_CPU_MLA": "1"}, log_path=tmp_path / "ours.log") as ours:
         got = _greedy(ours)
         log = ours.log_text()
-    # The engine really ran our classes, not vLLM's CPU_MLA under the same name.
+    # The engine really ran our classes, not vLLM's CPU_MLA under the same name, and MTP
+    # verification reached our decode with 1 + 2 query tokens per request.
     assert "ds_plugin.attention.mla" in log, log[-3000:]
+    assert "3 query tokens per request" in log, log[-3000:]
     with VllmServer(peaked_ckpt, args=args, env={"DS_PLUGIN_CPU_MLA": "0"},
                     log_path=tmp_path / "ref.log") as ref:
         want = _greedy(ref)
