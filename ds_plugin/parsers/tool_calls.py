@@ -19,8 +19,8 @@ deltas split. What it guarantees:
   back as content, raw.
 * Output cut off inside a call (max_tokens) keeps the calls with complete names; the
   cut call's arguments are what was generated, less a trailing part that could still
-  have been the closing fence or marker. Likewise a cut-off partial marker at the very
-  end of the output is not reported, in both modes.
+  have been the closing fence or marker. Content that merely looks like the start of a
+  marker ("x <") is held back while more may come and released by `finish()`.
 """
 
 from __future__ import annotations
@@ -118,6 +118,18 @@ class ToolCallStream:
                 self._step_args)
         while step[self._state](out):
             pass
+        self.content += out.content
+        return out
+
+    def finish(self) -> ToolDelta:
+        """End of output: text held back only because it might start a marker is content.
+
+        What else is pending at the end belongs to a call cut off by max_tokens (a
+        partial head, opening fence or closing fence/marker) and is not reported.
+        """
+        out = ToolDelta()
+        if self._state == _TEXT:
+            out.content, self._buf = self._buf, ""
         self.content += out.content
         return out
 
@@ -261,4 +273,5 @@ def parse_tool_calls(text: str, fmt: ToolFormat) -> ToolCallResult:
     """Non-streaming parse: the same machine fed the whole output at once."""
     stream = ToolCallStream(fmt)
     stream.feed(text)
+    stream.finish()
     return ToolCallResult(stream.content, stream.calls, stream.markup_seen)

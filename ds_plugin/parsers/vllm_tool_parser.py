@@ -22,13 +22,21 @@ _api = _vllm.parser_api()
 log = logging.getLogger("vllm.ds_plugin")
 
 
+def _tools_off(request) -> bool:
+    # vLLM consults a flagged parser even for tool_choice="none"; the text stays raw then.
+    return getattr(request, "tool_choice", None) == "none"
+
+
 class _DeepSeekToolParser(_api.ToolParser):
     FORMAT: ToolFormat
+    # Makes vLLM's DelegatingParser call finish_streaming() at the end of a stream, the
+    # only way a tool parser learns that the output is complete (vLLM's own incremental
+    # parsers use it the same way). Parsing stays incremental over text either way.
+    engine_based_streaming = True
 
     def __init__(self, tokenizer, tools=None):
         super().__init__(tokenizer, tools)
         self._stream = ToolCallStream(self.FORMAT)
-        self._seen = ""  # text already fed to the stream
         self._ids: list[str] = []
 
     def _warn_unknown(self, name: str) -> None:
@@ -41,6 +49,9 @@ class _DeepSeekToolParser(_api.ToolParser):
                         name, sorted(known))
 
     def extract_tool_calls(self, model_output: str, request):
+        if _tools_off(request):
+            return _api.ExtractedToolCallInformation(tools_called=False, tool_calls=[],
+                                                     content=model_output)
         result = parse_tool_calls(model_output, self.FORMAT)
         calls = []
         for call in result.calls:
@@ -62,14 +73,15 @@ class _DeepSeekToolParser(_api.ToolParser):
                                      delta_text: str, previous_token_ids: Sequence[int],
                                      current_token_ids: Sequence[int],
                                      delta_token_ids: Sequence[int], request):
-        # Feed by text position, not by delta, so a caller that resends or skips text
-        # relative to what we saw cannot make us parse a character twice.
-        if current_text.startswith(self._seen):
-            new_text = current_text[len(self._seen):]
-        else:
-            new_text = delta_text
-        self._seen += new_text
-        delta = self._stream.feed(new_text)
+        if _tools_off(request):
+            return _api.DeltaMessage(content=delta_text) if delta_text else None
+        return self._to_delta(self._stream.feed(delta_text))
+
+    def finish_streaming(self):
+        # vLLM calls this once the output is complete, because engine_based_streaming.
+        return self._to_delta(self._stream.finish())
+
+    def _to_delta(self, delta):
         if not delta:
             return None
         tool_calls = []

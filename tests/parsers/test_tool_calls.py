@@ -10,10 +10,10 @@ import json
 import random
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ds_plugin.parsers.scan import TOOL_MARKERS, partial_tail
+from ds_plugin.parsers.scan import TOOL_MARKERS
 from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStream,
                                           parse_tool_calls)
 from ds_plugin.testing.parser_corpus import B, E, cases, v3_call, v31_call
@@ -26,8 +26,8 @@ def stream(text: str, fmt, cuts: list[int]):
     """Feed `text` split at `cuts`; return (content, [(name, args)], pieces)."""
     s = ToolCallStream(fmt)
     content, names, args, pieces = "", {}, {}, []
-    for lo, hi in zip([0] + cuts, cuts + [len(text)]):
-        d = s.feed(text[lo:hi])
+    feeds = [s.feed(text[lo:hi]) for lo, hi in zip([0] + cuts, cuts + [len(text)])]
+    for d in feeds + [s.finish()]:
         content += d.content
         for index, name, piece in d.calls:
             pieces.append((index, name, piece))
@@ -85,14 +85,16 @@ def test_fence_held_back_until_resolved():
     assert s.calls[0].arguments == '{"a": 1}\nx'
 
 
-def test_cut_off_partial_marker_is_dropped_in_both_modes():
-    # A streaming parser cannot tell "<｜tool" from the start of a marker until more text
-    # comes, and vLLM gives tool parsers no end-of-stream call; so a cut-off output
-    # ending in a strict marker prefix loses that tail, and non-streaming agrees.
+def test_text_like_a_marker_start_is_held_then_released():
+    # "<｜tool▁ca" may still become a marker; finish() (vLLM's end-of-stream call for our
+    # tool parser) releases it, so a cut-off output keeps its text in both modes.
     text = "Answer: x<｜tool▁ca"
-    assert parse_tool_calls(text, DEEPSEEK_V3).content == "Answer: x"
-    assert stream(text, DEEPSEEK_V3, list(range(1, len(text))))[0] == "Answer: x"
-    assert parse_tool_calls("a < b", DEEPSEEK_V3).content == "a < b"
+    s = ToolCallStream(DEEPSEEK_V3)
+    assert s.feed(text).content == "Answer: x"
+    assert s.finish().content == "<｜tool▁ca"
+    assert parse_tool_calls(text, DEEPSEEK_V3).content == text
+    assert stream(text, DEEPSEEK_V3, list(range(1, len(text))))[0] == text
+    assert parse_tool_calls("a < b <", DEEPSEEK_V3).content == "a < b <"
 
 
 # -- generated calls (hypothesis) ---------------------------------------------------
@@ -122,9 +124,6 @@ def _output(draw):
     fmt = draw(st.sampled_from(["v3", "v31"]))
     calls = draw(st.lists(st.tuples(_name, _args(fmt)), min_size=0, max_size=3))
     before, after = draw(_free_text), draw(_free_text)
-    # A text ending in a strict prefix of a marker ("...<｜tool") is a cut-off output:
-    # that tail is dropped by design (test_cut_off_partial_marker_is_dropped_in_both_modes).
-    assume(partial_tail(before + after, TOOL_MARKERS) == 0)
     sep = draw(st.sampled_from(["", "\n", " \n "]))
     write = v3_call if fmt == "v3" else v31_call
     if not calls:
