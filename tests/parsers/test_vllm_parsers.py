@@ -169,3 +169,26 @@ def test_malformed_markup_streams_like_it_parses(pieces, fmt, reasoning, thinkin
     for how, chunks in chunkings(case.text, tok, seeds=(seed,)).items():
         got = run_streaming(parser_cls, case, chunks)
         assert got.problems == [] and got.key() == want, how
+
+
+@pytest.mark.parametrize("with_reasoning", [False, True])
+def test_tool_choice_none_keeps_markup_as_content(with_reasoning, managers):
+    tools, reasonings, api = managers
+    case = Case("none", "v3", "Hi." + B + v3_call("get_time", "{}") + E,
+                reasoning="" if with_reasoning else None, thinking=False)
+    parser_cls = compose(tools.get_tool_parser("deepseekv3"),
+                         reasonings.get_reasoning_parser("deepseek-v3") if with_reasoning
+                         else None)
+    request = api.ChatCompletionRequest(
+        model="m", messages=[{"role": "user", "content": "q"}], tool_choice="none",
+        tools=[{"type": "function", "function": {"name": "get_time", "parameters": {}}}])
+    tok = load_tokenizer(tokenizer_for(case))
+    parser = parser_cls(tok, request.tools, chat_template_kwargs={"thinking": False})
+    assert parser.parse(case.text, request, enable_auto_tools=True)[1:] == (case.text, [])
+    for chunks in chunkings(case.text, tok).values():
+        parser = parser_cls(tok, request.tools, chat_template_kwargs={"thinking": False})
+        deltas = [parser.parse_delta(t, ids, request, prompt_token_ids=[1],
+                                     finished=i == len(chunks) - 1)
+                  for i, (t, ids) in enumerate(chunks)]
+        assert "".join(d.content or "" for d in deltas if d) == case.text
+        assert not any(d.tool_calls for d in deltas if d)
