@@ -25,11 +25,11 @@ THINK_END = "</think>"
 TOOL_MARKERS = (CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END, TOOL_SEP)
 
 
-def find_first(text: str, markers: Iterable[str]) -> tuple[int, str] | None:
-    """Position and value of the earliest occurrence of any marker in `text`."""
+def find_first(text: str, markers: Iterable[str], start: int = 0) -> tuple[int, str] | None:
+    """Position and value of the earliest occurrence of any marker in `text[start:]`."""
     best: tuple[int, str] | None = None
     for marker in markers:
-        pos = text.find(marker)
+        pos = text.find(marker, start)
         if pos >= 0 and (best is None or pos < best[0]):
             best = (pos, marker)
     return best

@@ -231,7 +231,10 @@ class ToolCallStream:
 
     def _step_args(self, out: ToolDelta) -> bool:
         buf = self._buf
-        stop = find_first(buf, _ARG_ENDS)
+        # Arguments stay in _buf until the call ends; what was already sent holds no
+        # marker (a possible one is held back), so only the rest is searched: linear
+        # time however many deltas a long argument string arrives in.
+        stop = find_first(buf, _ARG_ENDS, self._args_sent)
         if stop is None:
             ready = len(buf) - self._held_back(buf)
             self._send_args(out, buf[:ready])
