@@ -18,6 +18,8 @@ from tests.model import checkpoints, conformance
 from tests.model.conformance import LogitReport
 from tests.model.hf_reference import load_reference
 
+pytestmark = pytest.mark.engine
+
 OURS = "ds_plugin.model.deepseek_v3.DeepseekV3ForCausalLM"
 IN_TREE = "vllm.model_executor.models.deepseek_v2.DeepseekV3ForCausalLM"
 STEPS = 32
