@@ -6,7 +6,8 @@ non-streaming when the response equals the hand-written expectation; it passes
 streaming when every chunking (one character, one real token, three random splits, the
 whole output at once) reassembles to the expectation with no protocol problem (a call
 without id/name in its first delta, a renamed call, a placeholder "{}"). An exception
-counts as a failure. Pure-CPU parsing: no device, no model.
+counts as a failure. A second table times one call with 125 KB of arguments streamed
+token by token. Pure-CPU parsing: no device, no model.
 
     python benchmarks/parsers_side_by_side.py [-v]
 """
@@ -88,6 +89,28 @@ def main() -> None:
     for label, ok, secs in rows:
         cells = "".join(f"{v:>5}/{n} {100 * v / n:5.1f}%" for v in ok.values())
         print(f"{label:<11}{cells}{secs:>9.1f}")
+    long_arguments()
+
+
+def long_arguments() -> None:
+    """One call with 125 KB of arguments streamed one real token at a time."""
+    import json
+
+    from ds_plugin.testing.parser_corpus import B, E, Case, chunk_tokens, v3_call
+
+    args = json.dumps({"rows": [{"k": i, "v": "x" * 20} for i in range(3000)]})
+    case = Case("long", "v3", B + v3_call("get_weather", args) + E, "",
+                (("get_weather", args),))
+    chunks = chunk_tokens(case.text, load_tokenizer(tokenizer_for(case)))
+    print(f"\nlong arguments: {len(case.text) / 1e3:.0f} KB in {len(chunks)} token deltas, "
+          "streamed through DelegatingParser")
+    print(f"{'parsers':<11}{'correct':>9}{'seconds':>9}{'us/delta':>10}")
+    for label, classes in parser_sets().items():
+        t0 = time.perf_counter()
+        out = check(lambda: run_streaming(compose(classes["v3"], None), case, chunks))
+        secs = time.perf_counter() - t0
+        ok = not isinstance(out, str) and out.key() == expected(case).key()
+        print(f"{label:<11}{str(ok):>9}{secs:>9.2f}{secs / len(chunks) * 1e6:>10.1f}")
 
 
 if __name__ == "__main__":
