@@ -81,7 +81,7 @@ class DeepSeekR1ReasoningParser(_api.ReasoningParser):
         return any(token in self._end_ids for token in delta_ids)
 
     def extract_content_ids(self, input_ids: list[int]) -> list[int]:
-        if not self.thinking:
+        if not self.thinking or self._prompt_closed:
             return list(input_ids)
         for i, token in enumerate(input_ids):
             if token == self.end_token_id:
@@ -91,7 +91,7 @@ class DeepSeekR1ReasoningParser(_api.ReasoningParser):
         return []
 
     def count_reasoning_tokens(self, token_ids: Sequence[int]) -> int:
-        if not self.thinking:
+        if not self.thinking or self._prompt_closed:
             return 0
         start = 1 if token_ids and token_ids[0] == self.start_token_id else 0
         for i, token in enumerate(token_ids):

@@ -85,6 +85,9 @@ def test_prompt_that_closed_thinking_makes_output_content(managers):
                  "<｜Assistant｜></think>", add_special_tokens=False)["input_ids"]
     assert parser.is_reasoning_end(prompt)
     assert parser.extract_reasoning("The answer.", None) == (None, "The answer.")
+    answer = tok("The answer.", add_special_tokens=False)["input_ids"]
+    assert parser.count_reasoning_tokens(answer) == 0
+    assert parser.extract_content_ids(answer) == answer
     thinking = reasonings.get_reasoning_parser("deepseek-v3")(
         tok, chat_template_kwargs={"thinking": True})
     assert not thinking.is_reasoning_end(tok("<｜Assistant｜><think>", add_special_tokens=False)
