@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_cpu.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-exec python -m pytest -ra "$@"
+exec python -m pytest -ra --durations=15 "$@"
