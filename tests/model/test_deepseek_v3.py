@@ -5,7 +5,7 @@ once (module-scoped) and every comparison for it reads that one run:
 
     q_lora_null / n_group_1 / yarn, bf16   plugin        (eager; yarn compiled, as served)
     yarn, fp8                              plugin        (FP8 weights, reference dequantized)
-    yarn, bf16                             vLLM in-tree  (VLLM_PLUGINS=none)
+    yarn, bf16                             vLLM in-tree  (VLLM_PLUGINS=none, eager)
     q_lora_null, bf16                      plugin, tensor_parallel_size=2
 """
 
@@ -24,9 +24,9 @@ OURS = "ds_plugin.model.deepseek_v3.DeepseekV3ForCausalLM"
 IN_TREE = "vllm.model_executor.models.deepseek_v2.DeepseekV3ForCausalLM"
 STEPS = 32
 PROMPTS = checkpoints.prompts()
-# Runs that keep torch.compile on (how vLLM serves by default); the rest run eager to
+# The run that keeps torch.compile on (how vLLM serves by default); the rest run eager to
 # spend CI minutes on comparisons rather than compilation.
-COMPILED = {("yarn", "bf16", "ours"), ("yarn", "bf16", "in_tree")}
+COMPILED = {("yarn", "bf16", "ours")}
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +151,17 @@ def test_fp8_checkpoint_matches_dequantized_reference(served, reference, record_
     assert not report.failures + failures, "\n".join(report.failures + failures)
 
 
-def test_matches_vllm_in_tree_model(served, reference):
+def test_matches_vllm_in_tree_model(served, reference, record_property):
+    # Parity, not identity: ours runs compiled and in-tree eager, so kernels and fusion
+    # differ; each must be as close to the fp32 reference as the other, and to each other.
     ours, theirs = served("yarn"), served("yarn", impl="in_tree")
     model, margins = reference("yarn")
+    mine, peer = _logit_report(ours, model, margins), _logit_report(theirs, model, margins)
+    record_property("ours_vs_in_tree", {"ours": vars(mine), "in_tree": vars(peer)})
+    print(f"vs fp32: ours cosine >= {mine.min_cosine:.6f}, log-prob error <= "
+          f"{mine.max_logprob_err:.4f}; in-tree {peer.min_cosine:.6f}, {peer.max_logprob_err:.4f}")
+    assert mine.max_logprob_err <= peer.max_logprob_err + conformance.LOGPROB_FLOOR
+    assert mine.min_cosine >= peer.min_cosine - (1 - conformance.COSINE_MIN) / 10
     for i, (a, b) in enumerate(zip(ours["prompt_logits"], theirs["prompt_logits"])):
         margins.reset()
         with torch.no_grad():
@@ -161,8 +169,7 @@ def test_matches_vllm_in_tree_model(served, reference):
         ok = margins.well_routed()
         cos = torch.nn.functional.cosine_similarity(a - a.mean(-1, keepdim=True),
                                                     b - b.mean(-1, keepdim=True), dim=-1)
-        # Same bf16 math on the same engine: closer to each other than either is to fp32.
-        assert float(cos[ok].min()) >= 0.99999, f"prompt {i}: cosine vs in-tree {cos[ok].min()}"
+        assert float(cos[ok].min()) >= conformance.COSINE_MIN, f"prompt {i}: {cos[ok].min()}"
     for i, (a, b) in enumerate(zip(ours["tokens"], theirs["tokens"])):
         _, decided = conformance.reference_greedy(model, PROMPTS[i], STEPS)
         assert a[:decided] == b[:decided], f"prompt {i}: greedy differs from in-tree"
