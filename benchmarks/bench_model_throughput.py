@@ -79,8 +79,14 @@ def main() -> None:
     if args.ckpt is None:
         from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
 
-        args.ckpt = str(write_checkpoint(tempfile.mkdtemp(prefix="ds_bench_"),
-                                         TinyConfig(logit_peak=1.0)))
+        with tempfile.TemporaryDirectory(prefix="ds_bench_") as tmp:
+            args.ckpt = str(write_checkpoint(tmp, TinyConfig(logit_peak=1.0)))
+            _compare(args)
+        return
+    _compare(args)
+
+
+def _compare(args: argparse.Namespace) -> None:
     # The CI box is shared: run the pair `--rounds` times, alternating, and keep each
     # implementation's best round (the one least disturbed by other work).
     results: dict[str, dict] = {}
