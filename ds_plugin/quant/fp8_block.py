@@ -26,6 +26,8 @@ V = _vllm.quant_api()
 log = logging.getLogger("vllm.ds_plugin")
 
 NAME = "ds_fp8"
+# HF model_type values whose block-FP8 checkpoints ds_fp8 claims without being named.
+CLAIMED_MODEL_TYPES = ("deepseek_v3", "deepseek_mtp")
 BLOCK = 128
 # (N, K) -> the smallest M from which torch's cuBLAS blockwise GEMM beat our Triton kernel
 # on the H200 (benchmarks/README.md, 2026-11-29). Below it the weight read dominates and
@@ -91,7 +93,12 @@ class DSBlockFp8Config(V.QuantizationConfig):
             return NAME
         is_block_fp8 = (hf_quant_cfg.get("quant_method") == "fp8"
                         and list(hf_quant_cfg.get("weight_block_size") or []) == [BLOCK, BLOCK])
-        return NAME if is_block_fp8 and user_quant is None else None
+        # Only the DeepSeek-V3 family (and its MTP draft) is claimed automatically: other
+        # architectures with the same format keep vLLM's Fp8 method unless the user asks
+        # for ds_fp8 by name.
+        model_type = getattr(hf_config, "model_type", None)
+        ours = model_type is None or model_type in CLAIMED_MODEL_TYPES
+        return NAME if is_block_fp8 and ours and user_quant is None else None
 
     def is_ignored(self, prefix: str) -> bool:
         return any(prefix == p or prefix.startswith(p + ".") for p in self.ignored_layers)

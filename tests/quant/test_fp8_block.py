@@ -36,6 +36,13 @@ def test_claims_deepseek_block_fp8_checkpoints():
     assert claim(CKPT_CFG, "fp8") is None  # the user asked for vLLM's own fp8
     assert claim({**CKPT_CFG, "weight_block_size": [64, 64]}, None) is None
     assert claim({"quant_method": "fp8"}, None) is None  # per-tensor fp8 is not ours
+    # Only DeepSeek-V3-family configs are claimed unasked; other models keep vLLM's Fp8.
+    from types import SimpleNamespace as NS
+
+    for mt in ("deepseek_v3", "deepseek_mtp"):
+        assert claim(CKPT_CFG, None, hf_config=NS(model_type=mt)) == "ds_fp8"
+    assert claim(CKPT_CFG, None, hf_config=NS(model_type="qwen3_moe")) is None
+    assert claim(CKPT_CFG, "ds_fp8", hf_config=NS(model_type="qwen3_moe")) == "ds_fp8"
 
 
 def test_config_rejects_other_formats():
