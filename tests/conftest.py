@@ -6,14 +6,26 @@ flag add it to SESSION_SERVER_ARGS below instead of starting a server of their o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint, write_tokenizer
 from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
 
 SERVED_NAME = "tiny"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CPU runs only: kernel tests run under the Triton interpreter. `@triton.jit` reads the
+    # switch when a kernel module is imported, so it is set here, before collection imports
+    # any test module; on a CUDA machine nothing is set and the compiled kernels are tested
+    # (tests/kernels/test_compiled_path.py fails otherwise). Engine children drop it
+    # (ds_plugin.testing.server.child_env) unless a test asks for the interpreter.
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 # Flags of the session server beyond the CPU defaults.
 SESSION_SERVER_ARGS: list[str] = [

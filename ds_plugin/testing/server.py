@@ -24,6 +24,17 @@ from typing import Any
 CPU_DEFAULT_ARGS = ("--gpu-memory-utilization", "0.3", "--max-model-len", "2048")
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for an engine child process: this one's, plus `extra`.
+
+    `TRITON_INTERPRET` is dropped unless `extra` sets it: a test process on a CPU runs its
+    own kernel tests interpreted, but a served engine runs what users run unless a test
+    asks for the interpreter on purpose.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return {**env, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,7 +65,7 @@ class VllmServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = server_command(model, self.port, list(args))
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = child_env(env)
         self.log_path = Path(log_path or Path(self.model) / f"server-{self.port}.log")
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,17 +1,13 @@
 """fp8_block_gemm_nt vs the fp32 reference (dequantize both operands, fp32 matmul)."""
 
-import os
-
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:  # must precede the first Triton import: @triton.jit reads it at decoration
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from ds_plugin.kernels.fp8_gemm import GemmConfig, fp8_block_gemm_nt, gemm_config  # noqa: E402
-from ds_plugin.kernels.fp8_quant import fp8_act_quant  # noqa: E402
-from ds_plugin.kernels.ref_fp8 import FP8, random_fp8_weight, ref_block_gemm_nt  # noqa: E402
+from ds_plugin.kernels.fp8_gemm import GemmConfig, fp8_block_gemm_nt, gemm_config
+from ds_plugin.kernels.fp8_quant import fp8_act_quant
+from ds_plugin.kernels.ref_fp8 import FP8, random_fp8_weight, ref_block_gemm_nt
 
 DEV = "cuda" if CUDA else "cpu"
 BF16_ULP = 2 ** -7  # relative spacing of bf16 at worst

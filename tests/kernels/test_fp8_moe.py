@@ -1,17 +1,13 @@
 """Fused block-FP8 MoE: align invariants, each grouped GEMM vs fp32, and the whole layer."""
 
-import os
-
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:  # must precede the first Triton import: @triton.jit reads it at decoration
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from ds_plugin.kernels.fp8_moe import fp8_fused_moe, fp8_grouped_gemm_nt, moe_align  # noqa: E402
-from ds_plugin.kernels.fp8_quant import fp8_act_quant  # noqa: E402
-from ds_plugin.kernels.ref_fp8 import (calc_diff, random_fp8_weight, ref_act_dequant,  # noqa: E402
+from ds_plugin.kernels.fp8_moe import fp8_fused_moe, fp8_grouped_gemm_nt, moe_align
+from ds_plugin.kernels.fp8_quant import fp8_act_quant
+from ds_plugin.kernels.ref_fp8 import (calc_diff, random_fp8_weight, ref_act_dequant,
                                        ref_fused_moe, ref_moe_align, ref_weight_dequant)
 
 DEV = "cuda" if CUDA else "cpu"

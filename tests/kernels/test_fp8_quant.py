@@ -1,16 +1,12 @@
 """fp8_act_quant / fp8_silu_mul_quant vs ref_fp8 (bitwise where the math is the same)."""
 
-import os
-
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:  # must precede the first Triton import: @triton.jit reads it at decoration
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_block_dequant, fp8_silu_mul_quant  # noqa: E402
-from ds_plugin.kernels.ref_fp8 import (FP8, ref_act_dequant, ref_act_quant,  # noqa: E402
+from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_block_dequant, fp8_silu_mul_quant
+from ds_plugin.kernels.ref_fp8 import (FP8, ref_act_dequant, ref_act_quant,
                                        ref_silu_mul, ref_weight_dequant, ref_weight_quant)
 
 DEV = "cuda" if CUDA else "cpu"

@@ -10,17 +10,13 @@ bf16 tensor-core kernel does), which is the absolute term; lse is fp32 throughou
 """
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from ds_plugin.kernels.mla_decode import mla_decode, mla_decode_num_splits  # noqa: E402
-from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write  # noqa: E402
-from ds_plugin.kernels.ref_mla import (absorb_query, ref_mla_decode, ref_mla_naive,  # noqa: E402
+from ds_plugin.kernels.mla_decode import mla_decode, mla_decode_num_splits
+from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write
+from ds_plugin.kernels.ref_mla import (absorb_query, ref_mla_decode, ref_mla_naive,
                                        split_kv_b_proj, unabsorb_output)
 
 CUDA = torch.cuda.is_available()

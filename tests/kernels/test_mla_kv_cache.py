@@ -1,19 +1,14 @@
 """Paged latent-cache write: bitwise against the torch twin, bf16 and fp8, padding slots skipped.
 
-Runs compiled on CUDA, else under the Triton interpreter (set before the kernel module is
-imported, because `triton.jit` reads it at decoration time).
+Runs compiled on CUDA, else under the Triton interpreter (set up for CPU runs by
+tests/conftest.py).
 """
-
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write  # noqa: E402
-from ds_plugin.kernels.ref_mla import ref_mla_kv_cache_write  # noqa: E402
+from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write
+from ds_plugin.kernels.ref_mla import ref_mla_kv_cache_write
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

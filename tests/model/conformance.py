@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ds_plugin.testing.server import child_env
+
 RUNNER = Path(__file__).with_name("vllm_runner.py")
 
 # Router: sigmoid scores lie in (0, 1), where a bf16 ulp is at most 2^-8 ≈ 0.0039. The bf16
@@ -41,13 +43,12 @@ def bf16_ulp(x: torch.Tensor) -> torch.Tensor:
 
 def run_vllm(request: dict, workdir: Path, env: dict | None = None, timeout: int = 900) -> dict:
     """One engine start in a subprocess (see vllm_runner.py); returns its saved results."""
-    import os
-
+    
     name = request.get("tag", "run")
     req_path, out_path = workdir / f"{name}.json", workdir / f"{name}.pt"
     req_path.write_text(json.dumps(request))
     proc = subprocess.run([sys.executable, str(RUNNER), str(req_path), str(out_path)],
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          env=child_env(env), capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode:
         raise RuntimeError(f"vLLM run {name} failed (rc={proc.returncode}):\n"

@@ -5,18 +5,15 @@ at load, then F.linear. So apply() must equal F.linear with the reference-dequan
 weight bitwise, and the fp32 product within the bound bf16 weight rounding implies.
 """
 
-import os
-
 import pytest
 import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton import; unused on CPU
 
 pytest.importorskip("vllm")
 
-from ds_plugin import _vllm  # noqa: E402
-from ds_plugin.kernels.ref_fp8 import ref_weight_dequant, ref_weight_quant  # noqa: E402
-from ds_plugin.quant.fp8_block import DSBlockFp8Config, DSBlockFp8LinearMethod  # noqa: E402
+from ds_plugin import _vllm
+from ds_plugin.kernels.ref_fp8 import ref_weight_dequant, ref_weight_quant
+from ds_plugin.quant.fp8_block import DSBlockFp8Config, DSBlockFp8LinearMethod
 
 CKPT_CFG = {"quant_method": "fp8", "weight_block_size": [128, 128], "activation_scheme": "dynamic",
             "fmt": "e4m3"}

@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from ds_plugin.testing.server import child_env  # noqa: E402
+
 PROBE = Path(__file__).with_name("fp8_engine_probe.py")
 
 
@@ -22,7 +24,7 @@ PROBE = Path(__file__).with_name("fp8_engine_probe.py")
 def probe(tiny_ckpt_fp8, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp8probe") / "result.json"
     proc = subprocess.run([sys.executable, str(PROBE), str(tiny_ckpt_fp8), str(out)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=child_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text()), proc.stdout + proc.stderr, tiny_ckpt_fp8
 
