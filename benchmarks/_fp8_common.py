@@ -50,7 +50,7 @@ def torch_blockwise_mm(a, a_s, b, b_s, expected=None):
     """
     import torch.nn.functional as F
 
-    from ds_plugin.kernels.ref_fp8 import calc_diff
+    from ds_plugin.kernels.fp8_format import calc_diff
 
     st = F.ScalingType
     bt = b.t()

@@ -15,7 +15,8 @@ from _fp8_common import CEIL_COPY_TBS, copy_bandwidth_tbs, time_ms, torch_blockw
 from ds_plugin.kernels.fp8_gemm import fp8_block_gemm_nt
 from ds_plugin.kernels.fp8_moe import fp8_fused_moe
 from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_silu_mul_quant
-from ds_plugin.kernels.ref_fp8 import calc_diff, random_fp8_weight
+from ds_plugin.kernels.fp8_format import calc_diff
+from ds_plugin.kernels.ref_fp8 import random_fp8_weight
 
 H, I, E, TOP_K = 7168, 2048, 256, 8
 BATCHES = [1, 8, 32, 128, 512]

@@ -39,7 +39,7 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
 # Quantization configs: vLLM's decorator needs the class, so its module is imported at
 # registration (it imports only vLLM's quantization bases; kernels load on first use).
 QUANT_CONFIGS: dict[str, tuple[str, str]] = {
-    "ds_fp8": ("ds_plugin.quant.fp8_block", "DSBlockFp8Config"),
+    "ds_fp8": ("ds_plugin.quant.block_fp8", "DSBlockFp8Config"),
 }
 # Attention backends: vLLM enum member -> ("module.Class", opt-in env var or None). Existing
 # members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`. CPU:
@@ -72,7 +72,7 @@ def register() -> None:
     """
     if not _allowed_by_vllm_plugins():
         return
-    from ds_plugin import _vllm
+    from ds_plugin import _vllm, envs
 
     if not _vllm.version_supported():
         return
@@ -86,5 +86,5 @@ def register() -> None:
     for name, (module, cls) in QUANT_CONFIGS.items():
         _vllm.register_quantization_config(name, module, cls)
     for name, (path, opt_in) in ATTENTION_BACKENDS.items():
-        if opt_in is None or os.environ.get(opt_in) == "1":
+        if opt_in is None or envs.flag(opt_in):
             _vllm.register_attention_backend(name, path)

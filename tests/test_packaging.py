@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -84,20 +85,23 @@ def test_register_with_unsupported_vllm_does_not_crash(tmp_path):
     assert len(errors) == 1 and "0.99.0" in errors[0] and "0.32.x" in errors[0], r.stderr
 
 
-def test_kernels_never_import_vllm():
-    for f in (ROOT / "ds_plugin" / "kernels").rglob("*.py"):
-        for line in f.read_text().splitlines():
+def _vllm_imports(root: Path):
+    for f in root.rglob("*.py"):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
             s = line.strip()
-            assert not (s.startswith("import vllm") or s.startswith("from vllm")), f"{f}: {s}"
+            if re.match(r"(import|from) vllm(\.|\s|$)", s):
+                yield f.relative_to(ROOT), n, s
 
 
 def test_vllm_imports_only_through_the_seam():
-    # Every vLLM-internal import lives in ds_plugin/_vllm.py, so an upgrade is one file.
-    for f in (ROOT / "ds_plugin").rglob("*.py"):
-        rel = f.relative_to(ROOT / "ds_plugin")
-        if rel == Path("_vllm.py"):
-            continue
-        for n, line in enumerate(f.read_text().splitlines(), 1):
-            s = line.strip()
-            assert not (s.startswith("import vllm") or s.startswith("from vllm")), (
-                f"ds_plugin/{rel}:{n} imports vLLM directly: {s}")
+    # Every vLLM import of the package lives in ds_plugin/_vllm/, so an upgrade is one
+    # package; kernels in particular stay vLLM-free (the GPU machine has no vLLM).
+    seam = Path("ds_plugin") / "_vllm"
+    bad = [hit for hit in _vllm_imports(ROOT / "ds_plugin") if seam not in hit[0].parents]
+    assert bad == [], bad
+
+
+def test_tests_import_vllm_only_through_the_seam_or_helpers():
+    helpers = Path("tests") / "helpers"
+    bad = [hit for hit in _vllm_imports(ROOT / "tests") if helpers not in hit[0].parents]
+    assert bad == [], bad

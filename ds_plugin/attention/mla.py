@@ -26,12 +26,14 @@ from typing import ClassVar
 
 import torch
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.attention import (AttentionCGSupport, AttentionType, MLACommonBackend,
+                                        MLACommonImpl, MLACommonMetadata,
+                                        MLACommonMetadataBuilder, MultipleOf, QueryLenSupport,
+                                        current_max_model_len)
 from ds_plugin.kernels.mla_decode import mla_decode, mla_decode_num_splits
 from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write
 from ds_plugin.kernels.ref_mla import ref_mla_decode, ref_mla_kv_cache_write
 
-V = _vllm.mla_backend_api()
 log = logging.getLogger("vllm.ds_plugin")
 
 
@@ -47,14 +49,14 @@ def _announce_multi_token(s_q: int) -> None:
     log.info("ds-plugin MLA decode: %d query tokens per request (causal among them)", s_q)
 
 
-class DSMLAMetadataBuilder(V.MLACommonMetadataBuilder[V.MLACommonMetadata]):
+class DSMLAMetadataBuilder(MLACommonMetadataBuilder[MLACommonMetadata]):
     # Decode batches of one query length per request (MTP verification included) take the
     # decode path and may be captured as full CUDA graphs.
-    _cudagraph_support: ClassVar = V.AttentionCGSupport.UNIFORM_BATCH
-    query_len_support: ClassVar = V.QueryLenSupport.UNIFORM
+    _cudagraph_support: ClassVar = AttentionCGSupport.UNIFORM_BATCH
+    query_len_support: ClassVar = QueryLenSupport.UNIFORM
 
 
-class DSMLABackend(V.MLACommonBackend):
+class DSMLABackend(MLACommonBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.bfloat16, torch.float16]
     supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "bfloat16", "fp8", "fp8_e4m3"]
 
@@ -76,7 +78,7 @@ class DSMLABackend(V.MLACommonBackend):
 
     @staticmethod
     def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list:
-        return [V.MultipleOf(16)]
+        return [MultipleOf(16)]
 
     @classmethod
     def supports_block_size(cls, block_size: int | None) -> bool:
@@ -107,7 +109,7 @@ class DSCpuMLABackend(DSMLABackend):
         return block_size is None or block_size == 16
 
 
-class DSMLAImpl(V.MLACommonImpl[V.MLACommonMetadata]):
+class DSMLAImpl(MLACommonImpl[MLACommonMetadata]):
     can_return_lse_for_decode: bool = True
 
     def __init__(self, num_heads, head_size, scale, num_kv_heads, alibi_slopes, sliding_window,
@@ -119,7 +121,7 @@ class DSMLAImpl(V.MLACommonImpl[V.MLACommonMetadata]):
         if alibi_slopes is not None or sliding_window is not None or logits_soft_cap:
             raise NotImplementedError("ds-plugin MLA: alibi_slopes, sliding_window and "
                                       "logits_soft_cap are not supported")
-        if attn_type != V.AttentionType.DECODER:
+        if attn_type != AttentionType.DECODER:
             raise NotImplementedError(f"ds-plugin MLA: attn_type {attn_type!r} is not supported "
                                       "(decoder self-attention only)")
         if self.dcp_world_size > 1:
@@ -135,7 +137,7 @@ class DSMLAImpl(V.MLACommonImpl[V.MLACommonMetadata]):
                          if torch.cuda.is_available() else 1)
         _announce("Triton kernels" if torch.cuda.is_available() else "fp32 torch twins (CPU)")
         # Read at layer build, while a vLLM config is current; a long context if none is.
-        self._max_model_len = _vllm.current_max_model_len(default=163840)
+        self._max_model_len = current_max_model_len(default=163840)
 
     def do_kv_cache_update(self, kv_c_normed: torch.Tensor, k_pe: torch.Tensor,
                            kv_cache: torch.Tensor, slot_mapping: torch.Tensor,

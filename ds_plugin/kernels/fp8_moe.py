@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_silu_mul_quant
-from ds_plugin.kernels.ref_fp8 import (FP8, GROUP, ceil_div, moe_align_capacity,
-                                       ref_moe_align)
+from ds_plugin.kernels.fp8_format import BLOCK, FP8, ceil_div
+from ds_plugin.kernels.ref_fp8 import moe_align_capacity, ref_moe_align
 
 # One program aligns up to this many (token, slot) pairs (512 tokens at top-8): decode,
 # where the torch twin's ~25 small launches would cost as much as the experts' weight
@@ -145,9 +145,9 @@ def fp8_grouped_gemm_nt(a, a_s, w, w_s, sorted_ids, block_expert, num_pairs: int
         (num_pairs, N) out_dtype.
     """
     e, n, k = w.shape
-    if tuple(w_s.shape) != (e, ceil_div(n, GROUP), ceil_div(k, GROUP)):
-        raise ValueError(f"fp8_grouped_gemm_nt: w_s must be ({e}, {ceil_div(n, GROUP)}, "
-                         f"{ceil_div(k, GROUP)}), got {tuple(w_s.shape)}")
+    if tuple(w_s.shape) != (e, ceil_div(n, BLOCK), ceil_div(k, BLOCK)):
+        raise ValueError(f"fp8_grouped_gemm_nt: w_s must be ({e}, {ceil_div(n, BLOCK)}, "
+                         f"{ceil_div(k, BLOCK)}), got {tuple(w_s.shape)}")
     if a.shape[1] != k or a.dtype != FP8 or w.dtype != FP8:
         raise ValueError(f"fp8_grouped_gemm_nt: a {tuple(a.shape)} {a.dtype} vs w {tuple(w.shape)} {w.dtype}")
     out = torch.empty(num_pairs, n, dtype=out_dtype, device=a.device)
@@ -159,7 +159,7 @@ def fp8_grouped_gemm_nt(a, a_s, w, w_s, sorted_ids, block_expert, num_pairs: int
         a, a_s, w, w_s, out, sorted_ids, block_expert, weights, n, k, num_pairs, a_row_div,
         a.stride(0), a_s.stride(0), w.stride(0), w.stride(1), w_s.stride(0), w_s.stride(1),
         out.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=GROUP, MUL_WEIGHT=topk_weights is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK, MUL_WEIGHT=topk_weights is not None,
         num_warps=num_warps, num_stages=num_stages)
     return out
 

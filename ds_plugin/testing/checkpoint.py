@@ -28,9 +28,7 @@ from typing import Any, Iterator
 
 import torch
 
-# fp8 e4m3 finite maximum: the block scale maps each block's absmax onto it.
-FP8_MAX = 448.0
-BLOCK = 128
+from ds_plugin.kernels.fp8_format import BLOCK, dequant_block, quant_block
 TOKENIZERS = ("deepseek-v3", "deepseek-v3.1", "deepseek-r1")
 _TOKENIZER_VOCAB = 129280  # vocab_size of every V3-family release
 
@@ -248,35 +246,6 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def quantize_block_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float -> (fp8 e4m3 (N, K), fp32 scale_inv (ceil(N/128), ceil(K/128))).
-
-    Each 128x128 block's absmax maps to 448; `scale_inv` is the multiplier that
-    dequantises it, which is what DeepSeek's `weight_scale_inv` holds.
-    """
-    n, k = w.shape
-    nb, kb = -(-n // BLOCK), -(-k // BLOCK)
-    padded = torch.zeros(nb * BLOCK, kb * BLOCK, dtype=torch.float32)
-    padded[:n, :k] = w.float()
-    blocks = padded.view(nb, BLOCK, kb, BLOCK)
-    amax = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12)
-    scale_inv = amax / FP8_MAX
-    q = (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
-    q = q.view(nb * BLOCK, kb * BLOCK)[:n, :k].to(torch.float8_e4m3fn)
-    return q.contiguous(), scale_inv.contiguous()
-
-
-def dequantize_block_fp8(q: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
-    """Inverse of quantize_block_fp8, in fp32; checks the scale grid against the weight."""
-    n, k = q.shape
-    want = (-(-n // BLOCK), -(-k // BLOCK))
-    if tuple(scale_inv.shape) != want:
-        raise ValueError(f"scale_inv shape {tuple(scale_inv.shape)} does not match weight "
-                         f"{(n, k)}: expected {want} for 128x128 blocks")
-    s = scale_inv.repeat_interleave(BLOCK, 0)[:n].repeat_interleave(BLOCK, 1)[:, :k]
-    return q.float() * s
-
-
 def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16",
                        seed: int = 0) -> dict[str, torch.Tensor]:
     """The tensors exactly as stored: names, dtypes and (for fp8) scale tensors."""
@@ -287,7 +256,7 @@ def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16",
         if kind == "bias":
             stored[name] = w.float().contiguous()  # the release keeps the bias in fp32
         elif kind == "linear" and quant == "fp8":
-            q, s = quantize_block_fp8(w)
+            q, s = quant_block(w)
             stored[name] = q
             stored[name.removesuffix("weight") + "weight_scale_inv"] = s
         else:
@@ -380,7 +349,7 @@ def read_state_dict(path: str | Path, dequantize: bool = True) -> dict[str, torc
             sname = name.removesuffix("weight") + "weight_scale_inv"
             if sname not in tensors:
                 raise KeyError(f"{path}: fp8 tensor {name} has no {sname}")
-            out[name] = dequantize_block_fp8(t, tensors[sname])
+            out[name] = dequant_block(t, tensors[sname])
         else:
             out[name] = t.float()
     return out

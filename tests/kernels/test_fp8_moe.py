@@ -7,8 +7,8 @@ CUDA = torch.cuda.is_available()
 
 from ds_plugin.kernels.fp8_moe import fp8_fused_moe, fp8_grouped_gemm_nt, moe_align
 from ds_plugin.kernels.fp8_quant import fp8_act_quant
-from ds_plugin.kernels.ref_fp8 import (calc_diff, random_fp8_weight, ref_act_dequant,
-                                       ref_fused_moe, ref_moe_align, ref_weight_dequant)
+from ds_plugin.kernels.fp8_format import calc_diff, dequant_block, dequant_groups
+from ds_plugin.kernels.ref_fp8 import random_fp8_weight, ref_fused_moe, ref_moe_align
 
 DEV = "cuda" if CUDA else "cpu"
 
@@ -72,11 +72,11 @@ def test_grouped_gemm_each_pair(m, h, n, e, k):
     xq, xs = fp8_act_quant(x)
     out = fp8_grouped_gemm_nt(xq, xs, w, w_s, sorted_ids, block_expert, m * k, k,
                               topk_weights=tw.reshape(-1))
-    xd = ref_act_dequant(xq, xs)
+    xd = dequant_groups(xq, xs)
     for p in range(m * k):
         t, j = divmod(p, k)
         ex = int(ids[t, j])
-        ref = (xd[t] @ ref_weight_dequant(w[ex], w_s[ex]).t()) * tw[t, j]
+        ref = (xd[t] @ dequant_block(w[ex], w_s[ex]).t()) * tw[t, j]
         tol = ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12  # 1 bf16 ulp, see test_fp8_gemm
         assert ((out[p].float() - ref).abs() <= tol).all(), f"pair {p} expert {ex}"
 

@@ -5,12 +5,14 @@ Lifecycle per layer: create_weights (checkpoint layout, scales poisoned with NaN
 tensor the checkpoint lacks is caught) -> process_weights_after_loading (validate every
 scale grid, naming the tensor; pick the run-time path) -> apply.
 
-Paths, chosen once per layer at load, never per call on platform:
-- CUDA: fp8 weights stay fp8; each call quantizes the activations (fp8_act_quant) and
-  runs whichever GEMM `gemm_path` picks for (M, N, K): our Triton fp8_block_gemm_nt or
-  torch's blockwise scaled_mm (benchmarks/README.md has the measurements behind it).
-- CPU (no fp8 matrix units): the weight is dequantized to the model dtype once at load
-  and applied with F.linear; the scales and the checkpoint layout are validated the same.
+Implementations, one class chosen per layer at load (`ds_plugin.envs.use_triton`):
+- `Fp8Linear` (CUDA): fp8 weights stay fp8; each call quantizes the activations
+  (fp8_act_quant) and runs whichever GEMM `gemm_path` picks for (M, N, K): our Triton
+  fp8_block_gemm_nt or torch's blockwise scaled_mm (benchmarks/README.md has the
+  measurements behind it). Tests run it on a CPU under the Triton interpreter.
+- `DequantizedLinear` (CPU, no fp8 matrix units): the weight is dequantized to the model
+  dtype once at load and applied with F.linear; scales and layout are validated the same.
+Routed experts: `block_fp8_moe.py`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ from typing import Any
 
 import torch
 
-from ds_plugin import _vllm
+from ds_plugin import envs
+from ds_plugin._vllm.quant import (BlockQuantScaleParameter, LinearBase, LinearMethodBase,
+                                   ModelWeightParameter, QuantizationConfig, RoutedExperts,
+                                   UnquantizedLinearMethod, replace_parameter)
+from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, calc_diff, ceil_div
+from ds_plugin.quant.block_fp8_moe import DSBlockFp8MoEMethod
+from ds_plugin.quant.scales import checked_loader, validate_scales
 
-V = _vllm.quant_api()
 log = logging.getLogger("vllm.ds_plugin")
 
 NAME = "ds_fp8"
 # HF model_type values whose block-FP8 checkpoints ds_fp8 claims without being named.
 CLAIMED_MODEL_TYPES = ("deepseek_v3", "deepseek_mtp")
-BLOCK = 128
 # (N, K) -> the smallest M from which torch's cuBLAS blockwise GEMM beat our Triton kernel
 # on the H200 (benchmarks/README.md, 2026-11-29). Below it the weight read dominates and
 # our split-K kernel wins. Shapes not measured use TORCH_MIN_M.
@@ -37,11 +43,7 @@ TORCH_FROM_M = {(2112, 7168): 128, (24576, 1536): 128, (32768, 512): 64, (7168, 
 TORCH_MIN_M = 128
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-class DSBlockFp8Config(V.QuantizationConfig):
+class DSBlockFp8Config(QuantizationConfig):
     """Claims checkpoints whose quantization_config says fp8 with [128, 128] blocks."""
 
     def __init__(self, activation_scheme: str = "dynamic", ignored_layers: list[str] | None = None,
@@ -104,55 +106,14 @@ class DSBlockFp8Config(V.QuantizationConfig):
         return any(prefix == p or prefix.startswith(p + ".") for p in self.ignored_layers)
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
-        if isinstance(layer, V.LinearBase):
+        if isinstance(layer, LinearBase):
             if self.is_ignored(prefix):
-                return V.UnquantizedLinearMethod()
+                return UnquantizedLinearMethod()
             return DSBlockFp8LinearMethod(self, prefix)
-        if isinstance(layer, V.RoutedExperts):
-            from ds_plugin.quant.fp8_moe import DSBlockFp8MoEMethod
+        if isinstance(layer, RoutedExperts):
 
             return DSBlockFp8MoEMethod(self, layer, prefix)
         return None
-
-
-def checked_loader(loader, name: str, expected: dict):
-    """Wrap a weight loader so a checkpoint tensor of the wrong shape fails naming itself.
-
-    `expected` maps the loader's shard id (None for a whole tensor) to the shape of the
-    tensor as stored in the checkpoint. vLLM's loaders narrow what they are given, so an
-    oversized tensor would otherwise load silently.
-    """
-    def load(param, loaded_weight, *args, **kwargs):
-        # Linear loaders take (param, w, loaded_shard_id); expert loaders get shard_id=.
-        shard = kwargs.get("shard_id", kwargs.get("loaded_shard_id", args[0] if args else None))
-        want = expected.get(shard)
-        if want is not None and tuple(loaded_weight.shape) != want:
-            where = f" (shard {shard!r})" if shard is not None else ""
-            raise ValueError(f"{name}: checkpoint tensor has shape {tuple(loaded_weight.shape)}"
-                             f"{where}, expected {want}")
-        try:
-            return loader(param, loaded_weight, *args, **kwargs)
-        except (AssertionError, RuntimeError) as e:
-            raise ValueError(f"{name}: checkpoint tensor of shape {tuple(loaded_weight.shape)} "
-                             f"does not fit parameter {tuple(param.shape)}: {e}") from e
-    return load
-
-
-def block_grid(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Scale grid of a weight shape: the last two dims in 128-blocks."""
-    return (*shape[:-2], _ceil(shape[-2], BLOCK), _ceil(shape[-1], BLOCK))
-
-
-def validate_scales(name: str, scale: torch.Tensor, want: tuple[int, ...]) -> None:
-    """Scale grid must have the block shape, and be loaded (no NaN poison), finite, > 0."""
-    if tuple(scale.shape) != want:
-        raise ValueError(f"{name}: shape {tuple(scale.shape)}, expected {want} "
-                         f"(one fp32 scale per 128x128 weight block)")
-    if scale.isnan().any():
-        raise ValueError(f"{name}: missing from the checkpoint (or partly: "
-                         f"{int(scale.isnan().sum())} of {scale.numel()} scales never loaded)")
-    if not (scale.isfinite().all() and (scale > 0).all()):
-        raise ValueError(f"{name}: scales must be finite and positive")
 
 
 def gemm_path(m: int, n: int, k: int) -> str:
@@ -182,7 +143,6 @@ def torch_path_agrees(w: torch.Tensor, w_s: torch.Tensor, dtype: torch.dtype) ->
     noise, calc_diff 1e-3); the layer then keeps to our kernel. Once per layer, at load.
     """
     from ds_plugin.kernels import fp8_act_quant, fp8_block_gemm_nt
-    from ds_plugin.kernels.ref_fp8 import calc_diff
 
     if w.shape[1] % BLOCK:
         return False
@@ -214,7 +174,41 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_s: torch.Tensor,
     return y.view(*x.shape[:-1], n)
 
 
-class DSBlockFp8LinearMethod(V.LinearMethodBase):
+class Fp8Linear:
+    """fp8 weight as stored; activations quantized per call; per-shape GEMM choice."""
+
+    name = "CUDA fp8 (Triton block GEMM / torch blockwise scaled_mm)"
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        # torch's blockwise path only where this torch/cuBLAS build runs it and agrees.
+        self.torch_ok = (layer.weight.device.type == "cuda"
+                         and torch_path_agrees(layer.weight.data, layer.weight_scale_inv.data,
+                                               layer.orig_dtype))
+
+    def __call__(self, layer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        y = fp8_linear(x, layer.weight, layer.weight_scale_inv, self.torch_ok)
+        return y + bias if bias is not None else y
+
+
+class DequantizedLinear:
+    """CPU: the weight dequantized to the model dtype once, then F.linear."""
+
+    name = "CPU (weights dequantized to the model dtype at load)"
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        from ds_plugin.kernels import fp8_block_dequant
+
+        deq = fp8_block_dequant(layer.weight.data, layer.weight_scale_inv.data, layer.orig_dtype)
+        replace_parameter(layer, "weight", deq)
+
+    def __call__(self, layer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # x may be fp32: vLLM's MLA reads kv_b_proj's weights back by applying the layer to
+        # an fp32 identity matrix.
+        w = layer.weight if layer.weight.dtype == x.dtype else layer.weight.to(x.dtype)
+        return torch.nn.functional.linear(x, w, bias)
+
+
+class DSBlockFp8LinearMethod(LinearMethodBase):
     """Linear layers with block-FP8 weights (`weight` fp8 (N, K), `weight_scale_inv`)."""
 
     def __init__(self, config: DSBlockFp8Config, prefix: str) -> None:
@@ -240,12 +234,12 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
         layer.orig_dtype = params_dtype
         layer.logical_widths = output_partition_sizes
         layer.weight_block_size = self.config.weight_block_size  # vLLM's loaders shard scales by it
-        weight = V.ModelWeightParameter(
-            data=torch.empty(n, k, dtype=torch.float8_e4m3fn), input_dim=1, output_dim=0,
+        weight = ModelWeightParameter(
+            data=torch.empty(n, k, dtype=FP8), input_dim=1, output_dim=0,
             weight_loader=checked_loader(loader, f"{self.prefix}.weight", stored))
         layer.register_parameter("weight", weight)
-        scale = V.BlockQuantScaleParameter(
-            data=torch.full((_ceil(n, BLOCK), _ceil(k, BLOCK)), float("nan"), dtype=torch.float32),
+        scale = BlockQuantScaleParameter(
+            data=torch.full((ceil_div(n, BLOCK), ceil_div(k, BLOCK)), float("nan"), dtype=torch.float32),
             input_dim=1, output_dim=0,
             weight_loader=checked_loader(loader, f"{self.prefix}.weight_scale_inv",
                                          {k: block_grid(v) for k, v in stored.items()}))
@@ -253,30 +247,12 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
         layer.register_parameter("weight_scale_inv", scale)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        w = layer.weight
-        n, k = w.shape
         validate_scales(f"{self.prefix}.weight_scale_inv", layer.weight_scale_inv.data,
-                        (_ceil(n, BLOCK), _ceil(k, BLOCK)))
-        if w.device.type == "cuda":
-            layer.ds_fp8_path = "cuda-fp8"
-            layer.ds_fp8_torch_ok = torch_path_agrees(w.data, layer.weight_scale_inv.data,
-                                                      layer.orig_dtype)
-            self.config.note_path("linear", "CUDA fp8 (Triton block GEMM / torch blockwise scaled_mm)")
-            return
-        from ds_plugin.kernels import fp8_block_dequant
-
-        # CPU: no fp8 GEMM to run, so the dequantized weight is what F.linear reads.
-        deq = fp8_block_dequant(w.data, layer.weight_scale_inv.data, layer.orig_dtype)
-        V.replace_parameter(layer, "weight", deq)
-        layer.ds_fp8_path = "cpu-dequantized"
-        self.config.note_path("linear", "CPU (weights dequantized to the model dtype at load)")
+                        block_grid(tuple(layer.weight.shape)))
+        impl = Fp8Linear if envs.use_triton(layer.weight.device) else DequantizedLinear
+        layer.ds_fp8 = impl(layer)
+        self.config.note_path("linear", impl.name)
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
-        if layer.ds_fp8_path == "cpu-dequantized":
-            # x may be fp32: vLLM's MLA reads kv_b_proj's weights back by applying the
-            # layer to an fp32 identity matrix.
-            w = layer.weight if layer.weight.dtype == x.dtype else layer.weight.to(x.dtype)
-            return torch.nn.functional.linear(x, w, bias)
-        y = fp8_linear(x, layer.weight, layer.weight_scale_inv, layer.ds_fp8_torch_ok)
-        return y + bias if bias is not None else y
+        return layer.ds_fp8(layer, x, bias)
