@@ -26,7 +26,8 @@ from ds_plugin import envs
 from ds_plugin._vllm.quant import (BlockQuantScaleParameter, LinearBase, LinearMethodBase,
                                    ModelWeightParameter, QuantizationConfig, RoutedExperts,
                                    UnquantizedLinearMethod, replace_parameter)
-from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, calc_diff, ceil_div
+from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, ceil_div
+from ds_plugin.kernels.fp8_linear import fp8_linear, torch_path_agrees
 from ds_plugin.quant.block_fp8_moe import DSBlockFp8MoEMethod
 from ds_plugin.quant.scales import checked_loader, validate_scales
 
@@ -35,14 +36,6 @@ log = logging.getLogger("vllm.ds_plugin")
 NAME = "ds_fp8"
 # HF model_type values whose block-FP8 checkpoints ds_fp8 claims without being named.
 CLAIMED_MODEL_TYPES = ("deepseek_v3", "deepseek_mtp")
-# (N, K) -> the smallest M from which torch's cuBLAS blockwise GEMM beat our Triton kernel
-# on the H200 (benchmarks/README.md, 2026-11-29). Below it the weight read dominates and
-# our split-K kernel wins. Shapes not measured use TORCH_MIN_M.
-TORCH_FROM_M = {(2112, 7168): 128, (24576, 1536): 128, (32768, 512): 64, (7168, 16384): 64,
-                (4096, 7168): 128, (7168, 2048): 16}
-TORCH_MIN_M = 128
-
-
 class DSBlockFp8Config(QuantizationConfig):
     """Claims checkpoints whose quantization_config says fp8 with [128, 128] blocks."""
 
@@ -114,64 +107,6 @@ class DSBlockFp8Config(QuantizationConfig):
 
             return DSBlockFp8MoEMethod(self, layer, prefix)
         return None
-
-
-def gemm_path(m: int, n: int, k: int) -> str:
-    """'torch' (blockwise scaled_mm) or 'triton' (fp8_block_gemm_nt) for an (M, N, K) GEMM.
-    torch's path needs K a whole number of 128-blocks (cuBLAS blockwise)."""
-    if k % BLOCK == 0 and m >= TORCH_FROM_M.get((n, k), TORCH_MIN_M):
-        return "torch"
-    return "triton"
-
-
-def blockwise_scaled_mm(a, a_s, w, w_s, out_dtype):
-    """torch's cuBLAS blockwise GEMM on our layouts: a's scales go M-major, w as (K, N)."""
-    import torch.nn.functional as F
-
-    st = F.ScalingType
-    # cuBLAS checks the strides literally: exactly (1, M).
-    a_s_mmajor = torch.empty_strided(a_s.shape, (1, a_s.shape[0]), dtype=a_s.dtype,
-                                     device=a_s.device).copy_(a_s)
-    return F.scaled_mm(a, w.t(), a_s_mmajor, st.BlockWise1x128, w_s.t(),
-                       st.BlockWise128x128, output_dtype=out_dtype)
-
-
-def torch_path_agrees(w: torch.Tensor, w_s: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Run torch's blockwise GEMM once for this weight and compare it with our kernel.
-
-    False when this torch/cuBLAS build rejects the shape or disagrees (beyond fp8 GEMM
-    noise, calc_diff 1e-3); the layer then keeps to our kernel. Once per layer, at load.
-    """
-    from ds_plugin.kernels import fp8_act_quant, fp8_block_gemm_nt
-
-    if w.shape[1] % BLOCK:
-        return False
-    g = torch.Generator(device=w.device).manual_seed(0)
-    a, a_s = fp8_act_quant(torch.randn(TORCH_MIN_M, w.shape[1], device=w.device,
-                                       generator=g).to(dtype))
-    try:
-        theirs = blockwise_scaled_mm(a, a_s, w, w_s, dtype)
-    except (RuntimeError, ValueError, NotImplementedError):  # what torch raises for "no kernel"
-        return False
-    return calc_diff(theirs, fp8_block_gemm_nt(a, a_s, w, w_s, out_dtype=dtype)) < 1e-3
-
-
-def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_s: torch.Tensor,
-               torch_ok: bool = True) -> torch.Tensor:
-    """x (..., K) bf16 @ dequant(w (N, K) fp8, w_s).T on CUDA, per-shape GEMM choice."""
-    from ds_plugin.kernels import fp8_act_quant, fp8_block_gemm_nt
-
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    a, a_s = fp8_act_quant(x2)
-    n = w.shape[0]
-    if torch_ok and gemm_path(x2.shape[0], n, k) == "torch":
-        y = blockwise_scaled_mm(a, a_s, w, w_s, x.dtype)
-    else:
-        y = fp8_block_gemm_nt(a, a_s, w, w_s, out_dtype=x.dtype)
-    return y.view(*x.shape[:-1], n)
 
 
 class Fp8Linear:

@@ -139,27 +139,32 @@ def test_merged_shards_must_be_whole_blocks(vllm_ctx):
     _merged(vllm_ctx, 256, [128, 100])  # a partial last shard is fine (q_a + kv_a: 1536 + 576)
 
 
-def test_gemm_path_choice_follows_measurements():
-    from ds_plugin.quant.block_fp8 import gemm_path
-
-    assert gemm_path(1, 2112, 7168) == "triton"  # decode: weight-bandwidth bound, ours
-    assert gemm_path(4096, 2112, 7168) == "torch"  # prefill: cuBLAS blockwise is faster
-    assert gemm_path(64, 7168, 16384) == "torch"
-    assert gemm_path(4096, 256, 300) == "triton"  # K not whole blocks: cuBLAS can't
-
-
-def test_cuda_path_code_under_the_interpreter():
-    # The CUDA branch (act quant + per-shape GEMM choice) run on CPU through Triton's
-    # interpreter: torch's blockwise GEMM is absent here, so the probe must say so and
-    # the layer must fall back to our kernel.
+def test_triton_on_cpu_picks_the_cuda_side_class(vllm_ctx, monkeypatch):
+    # What an engine gets with DS_PLUGIN_TRITON_ON_CPU=1 under the interpreter: the fp8 weight
+    # stays fp8 and each call runs our Triton GEMM (torch's blockwise path needs CUDA).
     from ds_plugin.kernels.fp8_format import quant_groups
     from ds_plugin.kernels.ref_fp8 import ref_block_gemm_nt
-    from ds_plugin.quant.block_fp8 import fp8_linear, torch_path_agrees
+    from ds_plugin.quant.block_fp8 import Fp8Linear
 
-    q, s = quant_block(torch.randn(200, 384) * 0.05)
-    assert not torch_path_agrees(q, s, torch.bfloat16)
+    monkeypatch.setenv("DS_PLUGIN_TRITON_ON_CPU", "1")
+    layer, qs = _merged(vllm_ctx, 384, [128, 200])
+    for i, (q, s) in enumerate(qs):
+        _load(layer, "weight", q, i)
+        _load(layer, "weight_scale_inv", s, i)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert isinstance(layer.ds_fp8, Fp8Linear) and not layer.ds_fp8.torch_ok
+    assert layer.weight.dtype == torch.float8_e4m3fn
     x = torch.randn(2, 3, 384).to(torch.bfloat16)
-    y = fp8_linear(x, q, s, torch_ok=False)
-    ref = ref_block_gemm_nt(*quant_groups(x.reshape(6, 384)), q, s).view(2, 3, 200).float()
-    assert y.shape == (2, 3, 200)
+    y = layer.quant_method.apply(layer, x)
+    ref = ref_block_gemm_nt(*quant_groups(x.reshape(6, 384)), layer.weight, layer.weight_scale_inv)
+    ref = ref.float().view(2, 3, 328)
     assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12).all()
+
+
+def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch):
+    from ds_plugin import envs
+
+    monkeypatch.setenv("DS_PLUGIN_TRITON_ON_CPU", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        envs.use_triton(torch.device("cpu"))
