@@ -163,11 +163,13 @@ def test_planted_break_is_an_error(tmp_path, edit, expected):
 
 
 def test_new_optional_parameter_nobody_passes_is_a_note(tmp_path):
-    report = _report(tmp_path, lambda s: s.replace("def hook(self, x, y)", "def hook(self, x, y, w=None)"))
+    report = _report(tmp_path, lambda s: s.replace("def hook(self, x, y)",
+                                                   "def hook(self, x, y, w=None)"))
     assert report.ok, report.format()
     notes = [f.message for f in report.findings if f.symbol == "vllm.base:Impl.hook"]
     assert "new optional parameter 'w' (our override would reject it if vLLM passes it)" in notes
-    assert "before: (self, x, y)" in report.format() and "now:    (self, x, y, w=None)" in report.format()
+    text = report.format()
+    assert "before: (self, x, y)" in text and "now:    (self, x, y, w=None)" in text
 
 
 def test_vllm_import_outside_the_seam_is_an_error(tmp_path):

@@ -185,7 +185,8 @@ class _Checker:
                 if not any(msg.startswith(f"new optional parameter {p!r}") for p in passed):
                     self.add(level, where, now.qualname, msg, b, a)
         if node.name != "__init__":
-            new = {p.name for p in a.params} - {p.name for p in b.params} if isinstance(b, Sig) else set()
+            new = ({p.name for p in a.params} - {p.name for p in b.params}
+                   if isinstance(b, Sig) else set())
             for level, msg in override_problems(mine, a):
                 # a new parameter's note is the diff's (or the caller's error) already
                 if not any(msg.startswith(f"vLLM may pass {p!r}") for p in new | passed):

@@ -87,7 +87,7 @@ def override_problems(ours: Sig, base: Sig) -> list[tuple[str, str]]:
                 and base.binding in ("classmethod", "staticmethod")):
             out.append((ERROR, f"ours is a {ours.binding}, vLLM's a {base.binding}"))
     mine, theirs = _called(ours), _called(base)
-    my_pos, their_pos = _positional(mine), _positional(theirs)
+    my_pos = _positional(mine)
     my_names = {p.name: p for p in mine if p.kind in (POS, KW_ONLY)}
     matched: set[str] = set()
     for i, p in enumerate(theirs):

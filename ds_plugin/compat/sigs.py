@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from ds_plugin.compat.resolve import Ref, Resolver, _callee_name, class_body
 
-POS_ONLY, POS, VAR_POS, KW_ONLY, VAR_KW = "positional-only", "positional", "*args", "keyword-only", "**kwargs"
+POS_ONLY, POS, VAR_POS = "positional-only", "positional", "*args"
+KW_ONLY, VAR_KW = "keyword-only", "**kwargs"
 
 
 @dataclass(frozen=True)
