@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 import triton
 
-from ds_plugin.kernels.triton_features import (
-    TRITON_FEATURES,
-    TritonFeatureError,
-    check_triton,
-    has_feature,
-    missing_features,
-)
+from ds_plugin.kernels.triton_features import (TRITON_FEATURES, TritonFeatureError, check_triton,
+                                               has_feature, missing_features)
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ROOT / "ds_plugin" / "kernels"
