@@ -90,7 +90,7 @@ def version_supported(version: str | None = None) -> bool:
 
 
 def supported_series_text() -> str:
-    """"0.32.x, 0.33.x": the supported series as the refusal line names them."""
+    """The supported series as the refusal line names them: "0.32.x, 0.33.x"."""
     return ", ".join(f"{a}.{b}.x" for a, b in sorted(SUPPORTED_VLLM_SERIES))
 
 
