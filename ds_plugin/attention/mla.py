@@ -141,7 +141,10 @@ class DSMLAImpl(MLACommonImpl[MLACommonMetadata]):
 
     def do_kv_cache_update(self, kv_c_normed: torch.Tensor, k_pe: torch.Tensor,
                            kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
-                           kv_cache_dtype: str, k_scale: torch.Tensor) -> None:
+                           kv_cache_dtype: str, k_scale: torch.Tensor,
+                           skip_scale: bool = False) -> None:
+        # vLLM 0.33 passes skip_scale (7th, positionally) when an fp8 cache has k_scale 1.0,
+        # to skip a multiply by one; scaling by 1.0 writes the same bytes, so it is ignored.
         if kv_cache.numel() == 0:
             return
         slots = slot_mapping.flatten()
