@@ -55,6 +55,18 @@ def _input_scale_loader(name: str, column: int | None):
     return load
 
 
+def check_group_split(prefix: str, hidden: int, inter: int, tp: int) -> None:
+    """Refuse a TP size that would split a 128-wide int4 group of w2's packed K (or a
+    hidden size that is not whole groups), naming the sizes that work."""
+    if hidden % GROUP or inter % (tp * GROUP):
+        ok = [t for t in (1, 2, 4, 8, 16, 32, 64) if inter % (t * GROUP) == 0]
+        raise ValueError(
+            f"{prefix}: W4AFP8 experts need the hidden size ({hidden}) and the intermediate "
+            f"size per TP rank ({inter} / {tp}) to be whole int4 groups of {GROUP}; "
+            f"tensor-parallel sizes that work for intermediate size {inter}: {ok} "
+            f"(expert parallelism keeps experts whole and works with any)")
+
+
 class DSW4AFp8MoEMethod(FusedMoEMethodBase):
     def __init__(self, config, layer, prefix: str) -> None:
         super().__init__(layer.moe_config)
@@ -68,13 +80,7 @@ class DSW4AFp8MoEMethod(FusedMoEMethodBase):
         e, h, i = num_experts, hidden_size, intermediate_size_per_partition
         tp = layer.moe_config.tp_size
         i_full = i * tp
-        if i % GROUP or h % GROUP:
-            raise ValueError(
-                f"{self.prefix}: W4AFP8 experts need hidden ({h}) and intermediate size per "
-                f"rank ({i_full} / TP {tp} = {i}) to be multiples of the int4 group {GROUP}; "
-                f"TP sizes that work here: "
-                f"{[t for t in (1, 2, 4, 8, 16, 32) if i_full % (t * GROUP) == 0]} "
-                f"(or use expert parallelism)")
+        check_group_split(self.prefix, h, i_full, tp)
         layer.orig_dtype = params_dtype
         loader = extra_weight_attrs.pop("weight_loader")
         nan = float("nan")
