@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from _fp8_common import CEIL_COPY_TBS, copy_bandwidth_tbs, time_ms
 from ds_plugin.kernels.fp8_format import calc_diff, dequant_groups, quant_groups
 from ds_plugin.kernels.fp8_moe import fp8_fused_moe, moe_align, moe_block_m
-from ds_plugin.kernels.int4_format import dequant_int4
+from ds_plugin.kernels.int4_format import dequant_int4, from_kernel_layout
 from ds_plugin.kernels.ref_fp8 import random_fp8_weight, ref_silu_mul
 from ds_plugin.kernels.ref_w4a8 import random_int4_weight, ref_static_quant
 from ds_plugin.kernels.w4a8_moe import (MoETiles, TileConfig, fp8_static_quant, w4a8_fused_moe,
@@ -42,8 +42,13 @@ MORE_VARIANTS = [TileConfig(block_n=64, swap_ab=True, num_stages=6),
                  TileConfig(block_n=128, num_warps=4)]
 
 
+def _deq(w, s):
+    return dequant_int4(from_kernel_layout(w), s)
+
+
 def ref_by_expert(x, tw, ids, w13, s13, w2, s2, a13, a2):
-    """The fp32 twin's quantization points, grouped by expert (fast enough at full size)."""
+    """The fp32 twin's quantization points, grouped by expert (fast enough at full size).
+    Weights in the kernel layout, as the kernel gets them."""
     if a13 is None:
         xd = dequant_groups(*quant_groups(x))
     else:
@@ -51,13 +56,13 @@ def ref_by_expert(x, tw, ids, w13, s13, w2, s2, a13, a2):
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in ids.unique().tolist():
         tok, slot = (ids == e).nonzero(as_tuple=True)
-        h = (xd[tok] @ dequant_int4(w13[e], s13[e]).t()).to(torch.bfloat16)
+        h = (xd[tok] @ _deq(w13[e], s13[e]).t()).to(torch.bfloat16)
         a = ref_silu_mul(h)
         if a2 is None:
             a = dequant_groups(*quant_groups(a))
         else:
             a = ref_static_quant(a, a2).float() * a2
-        out.index_add_(0, tok, (a @ dequant_int4(w2[e], s2[e]).t()) * tw[tok, slot, None])
+        out.index_add_(0, tok, (a @ _deq(w2[e], s2[e]).t()) * tw[tok, slot, None])
     return out.to(torch.bfloat16)
 
 
@@ -132,7 +137,7 @@ def run(e, batches, variants, w, fp8w, bf16w, copy, per_gemm):
         hit = ids.unique().numel()
         # Static scales calibrated on this batch, as a checkpoint's would be on real data.
         a13 = torch.tensor([float(x.abs().max()) / 448], device=DEV)
-        gate_up = (x.float() @ dequant_int4(w13[0], s13[0]).float().t())
+        gate_up = x.float() @ _deq(w13[0], s13[0]).t()
         a2 = torch.tensor([4 * float(ref_silu_mul(gate_up).abs().max()) / 448], device=DEV)
         args = (x, tw, ids, w13, s13, w2, s2, a13, a2)
         ref = ref_by_expert(*args)
@@ -202,6 +207,7 @@ def main() -> int:
           f"(brief: {CEIL_COPY_TBS}); {flashinfer_probe()}")
     print(f"# default tiles at decode: {w4a8_tiles(8, 256)}")
     g = torch.Generator(device=DEV).manual_seed(0)
+    # Random bytes: read as the kernel layout (the reference converts them back).
     w = (*random_int4_weight((256, 2 * I, H), DEV, g), *random_int4_weight((256, H, I), DEV, g))
     fp8w = (*random_fp8_weight((256, 2 * I, H), DEV, g), *random_fp8_weight((256, H, I), DEV, g))
     try:

@@ -10,6 +10,10 @@
   groups (so TP may split K only at group boundaries).
 - Activations are FP8 with either a static per-tensor scale (the checkpoint's
   `input_scale`) or dynamic per-token groups of 128 (fp8_format's).
+- Kernel layout (what the CUDA kernels read; `to_kernel_layout`, done once at load): each
+  32-bit word of 8 values has bytes 1 and 2 swapped and every nibble stored offset-binary
+  (v + 8, i.e. XOR 8). Lanes of a word then split into (v0, v2), (v1, v3), (v4, v6),
+  (v5, v7) with one mask each, which is what the kernel's fp16 expansion wants.
 
 Pure torch, production code (checkpoint generator, CPU dequantizing path, references).
 """
@@ -83,6 +87,22 @@ def quant_int4(w: torch.Tensor, group: int = GROUP, pow2: bool = False):
         s = round_scale_ue8m0(s)
     v = torch.round(wg / s[..., None]).clamp(INT4_MIN, INT4_MAX).to(torch.int8)
     return pack_int4(v.reshape(*lead, n, k)), s.contiguous()
+
+
+def to_kernel_layout(p: torch.Tensor) -> torch.Tensor:
+    """Checkpoint-packed (..., K/2) int8 -> the kernels' layout, same shape and dtype.
+
+    A byte permutation plus XOR, its own inverse (`from_kernel_layout` is the same map).
+    Expert stacks may be converted one expert at a time to bound the temporary.
+    """
+    if p.dtype != torch.int8 or p.shape[-1] % 4:
+        raise ValueError(f"to_kernel_layout: int8 with K/2 a multiple of 4, got "
+                         f"{p.dtype} {tuple(p.shape)}")
+    b = p.view(torch.uint8).unflatten(-1, (-1, 4))
+    return (b[..., [0, 2, 1, 3]] ^ 0x88).flatten(-2).view(torch.int8)
+
+
+from_kernel_layout = to_kernel_layout
 
 
 def e4m3_codes() -> list[int]:

@@ -4,14 +4,17 @@ SiLU*mul + FP8 quant, grouped GEMM (down, routing weight applied), combine.
 The structure is fp8_moe's (its `moe_align` and block-row layout, fp8_quant's activation
 quantizers): only the weight read differs. Each 128-wide K group of a weight row is 64
 bytes of packed int4 (int4_format); a program loads them, expands every nibble to its
-exact e4m3 code in registers, and feeds FP8 MMAs against FP8 activations, scaling each
-group's partial product by its weight scale before adding it up in fp32.
+exact FP8 (e5m2) code in registers, and feeds FP8 MMAs against the e4m3 activations,
+scaling each group's partial product by its weight scale before adding it up in fp32.
 
-The expansion is a byte-permute table lookup (`prmt`, three per four values) on CUDA; a
-32-bit word of packed weights holds 8 consecutive K values and comes out as two words of
-e4m3 codes, values 0-3 and 4-7. The activations are read in the same order (columns
-8c+r and 8c+4+r for r < 4), so no reordering of either operand is needed. Under the Triton
-interpreter (CPU tests) the same two words come from shifts and casts.
+The weights are read in int4_format's kernel layout (converted once at load). A 32-bit word
+of it (8 consecutive K values) expands with four masks into fp16 pairs (the 0x6400 exponent
+trick: 1024 + u, then one fp16 add or fma), whose high bytes are exactly the values'
+e5m2 codes; two byte permutes (`prmt`) gather them into two words, K values 0-3 and 4-7.
+e5m2 x e4m3 is a native Hopper FP8 MMA, and int4 values are exact in e5m2. The activations
+are read in the same order (columns 8c+r and 8c+4+r for r < 4), so nothing is reordered at
+run time. Under the Triton interpreter (CPU tests) the same two words come from shifts and
+casts.
 
 Activation scales: static (one fp32 per tensor, the checkpoint's `input_scale`, maxed over
 experts as SGLang does) or dynamic (per token per 128 channels, as fp8_moe). All shapes
@@ -31,62 +34,54 @@ from triton.runtime.jit import JITFunction
 from ds_plugin.kernels.fp8_format import E4M3_MAX, FP8, ceil_div, round_e4m3
 from ds_plugin.kernels.fp8_moe import moe_align, moe_block_m
 from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_silu_mul_quant
-from ds_plugin.kernels.int4_format import GROUP, e4m3_codes
+from ds_plugin.kernels.int4_format import GROUP
 
 _MAX = tl.constexpr(E4M3_MAX)
 
 
-def _table_words() -> tuple[int, int, int, int]:
-    # prmt tables: bytes 0-7 of (POS_LO, POS_HI) are the codes of 0..7, of (NEG_LO, NEG_HI)
-    # those of -8..-1; a nibble's low 3 bits index both, its sign bit picks the table.
-    codes = e4m3_codes()  # value -8 + i at index i
-    word = [sum(c << (8 * b) for b, c in enumerate(codes[i:i + 4])) for i in (8, 12, 0, 4)]
-    return tuple(word)
-
-
-_POS_LO, _POS_HI, _NEG_LO, _NEG_HI = _table_words()
-# One call per 32-bit word (8 int4): $0 = e4m3 of values 0-3, $1 = of values 4-7.
-_INT4_TO_E4M3_ASM = tl.constexpr(f"""{{
-.reg .b32 idx, sel, p, n, tpl, tph, tnl, tnh;
-mov.b32 tpl, {_POS_LO:#x};
-mov.b32 tph, {_POS_HI:#x};
-mov.b32 tnl, {_NEG_LO:#x};
-mov.b32 tnh, {_NEG_HI:#x};
-and.b32 idx, $2, 0x77777777;
-shr.u32 sel, $2, 1;
-and.b32 sel, sel, 0x44444444;
-or.b32 sel, sel, 0x32103210;
-prmt.b32 p, tpl, tph, idx;
-prmt.b32 n, tnl, tnh, idx;
-prmt.b32 $0, p, n, sel;
-shr.u32 idx, idx, 16;
-shr.u32 sel, sel, 16;
-prmt.b32 p, tpl, tph, idx;
-prmt.b32 n, tnl, tnh, idx;
-prmt.b32 $1, p, n, sel;
-}}""")
+# One call per 32-bit word of the kernel layout: $0 = e5m2 of K values 0-3, $1 = of 4-7.
+# fp16 constants: 0x6400 = 1024, 0x6408 = 1032, 0x2C00 = 1/16, 0xD480 = -72; a nibble u at
+# bits 0-3 of a lane gives 1024 + u (minus 1032: u - 8), at bits 4-7 1024 + 16u (/16 - 72).
+_INT4_TO_E5M2_ASM = tl.constexpr("""{
+.reg .b32 m, k0, k1, k2, a, b, c, d, w8;
+mov.b32 m, 0x64006400;
+mov.b32 k0, 0x64086408;
+mov.b32 k1, 0x2C002C00;
+mov.b32 k2, 0xD480D480;
+lop3.b32 a, $2, 0x000F000F, m, 0xEA;
+lop3.b32 b, $2, 0x00F000F0, m, 0xEA;
+shr.u32 w8, $2, 8;
+lop3.b32 c, w8, 0x000F000F, m, 0xEA;
+lop3.b32 d, w8, 0x00F000F0, m, 0xEA;
+sub.f16x2 a, a, k0;
+fma.rn.f16x2 b, b, k1, k2;
+sub.f16x2 c, c, k0;
+fma.rn.f16x2 d, d, k1, k2;
+prmt.b32 $0, a, b, 0x7351;
+prmt.b32 $1, c, d, 0x7351;
+}""")
 
 
 @triton.jit
-def _nibbles_e4m3(b, ROWS: tl.constexpr, COLS: tl.constexpr):
-    # b (ROWS, COLS // 4, 2) int8 bytes -> (ROWS, COLS) e4m3, low nibble first per byte.
-    w = b.to(tl.int32)
-    lo = (w << 28) >> 28
-    hi = (w << 24) >> 28
-    return tl.reshape(tl.join(lo, hi), (ROWS, COLS)).to(tl.float32).to(tl.float8e4nv)
+def _nibbles_e5m2(b, ROWS: tl.constexpr):
+    # b (ROWS, 16, 2) kernel-layout bytes -> (ROWS, 64) e5m2, low nibble first per byte.
+    w = b.to(tl.int32) & 0xFF
+    lo = (w & 0xF) - 8
+    hi = (w >> 4) - 8
+    return tl.reshape(tl.join(lo, hi), (ROWS, 64)).to(tl.float32).to(tl.float8e5)
 
 
 @triton.jit
-def int4_to_e4m3(w, ROWS: tl.constexpr, ASM: tl.constexpr):
-    """(ROWS, 64) packed int8 -> (v0, v1), each (ROWS, 64) e4m3: position 4c + r holds
-    K value 8c + r (v0) and 8c + 4 + r (v1), r < 4."""
+def int4_to_fp8(w, ROWS: tl.constexpr, ASM: tl.constexpr):
+    """(ROWS, 64) int8, kernel layout -> (v0, v1), each (ROWS, 64) e5m2: position 4c + r
+    holds K value 8c + r (v0) and 8c + 4 + r (v1), r < 4."""
     if ASM:
-        v0, v1 = tl.inline_asm_elementwise(_INT4_TO_E4M3_ASM, "=r,=r,r", [w],
+        v0, v1 = tl.inline_asm_elementwise(_INT4_TO_E5M2_ASM, "=r,=r,r", [w],
                                            dtype=(tl.int8, tl.int8), is_pure=True, pack=4)
-        return v0.to(tl.float8e4nv, bitcast=True), v1.to(tl.float8e4nv, bitcast=True)
-    b = tl.permute(tl.reshape(w, (ROWS, 16, 2, 2)), (0, 1, 3, 2))  # byte 4c+2h+q -> [c, q, h]
-    b0, b1 = tl.split(b)
-    return _nibbles_e4m3(b0, ROWS, 64), _nibbles_e4m3(b1, ROWS, 64)
+        return v0.to(tl.float8e5, bitcast=True), v1.to(tl.float8e5, bitcast=True)
+    # Word bytes (4c + 2h + q): q = 0 holds values (0, 1) / (2, 3), q = 1 (4, 5) / (6, 7).
+    b0, b1 = tl.split(tl.reshape(w, (ROWS, 16, 2, 2)))
+    return _nibbles_e5m2(b0, ROWS), _nibbles_e5m2(b1, ROWS)
 
 
 @triton.jit
@@ -130,7 +125,7 @@ def _w4a8_gemm_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, c_ptr, sorted_ptr, block_exp
         if not STATIC_A:
             a_s_next = tl.load(as_p + nxt, mask=row_ok, other=0.0)
         w = tl.load(w_p, mask=n_ok[:, None], other=0)
-        w0, w1 = int4_to_e4m3(w, BLOCK_N, ASM)
+        w0, w1 = int4_to_fp8(w, BLOCK_N, ASM)
         a0 = tl.load(a_p, mask=row_ok[:, None], other=0.0)
         a1 = tl.load(a_p + 4, mask=row_ok[:, None], other=0.0)
         if SWAP_AB:
@@ -183,7 +178,8 @@ def w4a8_grouped_gemm_nt(a, a_s, w, w_s, sorted_ids, block_expert, num_pairs: in
     Args:
         a: (rows, K) fp8. a_s: (rows, K/128) fp32 (dynamic) or a 0-d / one-element 1-d
             fp32 tensor (static, per tensor).
-        w: (E, N, K/2) int8 packed int4 (int4_format); w_s: (E, N, K/128) fp32, any strides.
+        w: (E, N, K/2) int8 packed int4 in int4_format's kernel layout; w_s: (E, N, K/128)
+            fp32, any strides.
         sorted_ids, block_expert: from fp8_moe.moe_align with the same block_m.
         num_pairs: M*k; out has one row per (token, slot) pair.
         a_row_div: k to read token rows (gate/up), 1 to read pair rows (down).
@@ -274,8 +270,8 @@ def w4a8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.
     Args:
         x: (M, H) bf16 hidden states.
         topk_weights: (M, k) float routing weights; topk_ids: (M, k) int expert ids.
-        w13: (E, 2I, H/2) int8 packed int4, gate rows [0, I) then up rows [I, 2I);
-            w13_s (E, 2I, H/128) fp32.
+        w13: (E, 2I, H/2) int8 packed int4 (kernel layout: int4_format.to_kernel_layout),
+            gate rows [0, I) then up rows [I, 2I); w13_s (E, 2I, H/128) fp32.
         w2: (E, H, I/2) int8; w2_s (E, H, I/128) fp32.
         a13_scale, a2_scale: static activation scales (one fp32 each) for the gate/up input
             and the down input, both or neither; neither: dynamic per-token groups of 128.

@@ -15,8 +15,9 @@ w2's packed K, which must stay a whole number of 128-wide int4 groups per rank. 
 refused at load. Expert parallelism (any EP size vLLM accepts) keeps whole experts and maps
 them as ds_fp8 does (`layer.expert_map`).
 
-Execution, one class chosen at load: `TritonW4A8Experts` (CUDA, our fused W4A8 MoE), or on
-CPU the experts dequantized to the model dtype once (logged) and `CpuGroupedExperts`.
+Execution, one class chosen at load: `TritonW4A8Experts` (CUDA, our fused W4A8 MoE; the
+packed weights are rearranged once into int4_format's kernel layout), or on CPU the experts
+dequantized to the model dtype once (logged) and `CpuGroupedExperts`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from ds_plugin import envs
 from ds_plugin._vllm.quant import (FusedMoEMethodBase, FusedMoeWeightScaleSupported,
                                    replace_parameter, set_weight_attrs)
-from ds_plugin.kernels.int4_format import GROUP
+from ds_plugin.kernels.int4_format import GROUP, to_kernel_layout
 from ds_plugin.moe.experts import CpuGroupedExperts, TritonW4A8Experts
 from ds_plugin.quant.scales import checked_loader, validate_scales
 
@@ -137,6 +138,9 @@ class DSW4AFp8MoEMethod(FusedMoEMethodBase):
                 # One scale per tensor: the max over experts (and over gate / up).
                 replace_parameter(layer, name, s.amax().reshape(1).float())
         if envs.use_triton(layer.w13_weight.device):
+            for w in (layer.w13_weight.data, layer.w2_weight.data):
+                for e in range(w.shape[0]):  # one expert at a time bounds the temporary
+                    w[e] = to_kernel_layout(w[e])
             layer.ds_experts = TritonW4A8Experts(self.static)
         else:
             from ds_plugin.kernels.int4_format import dequant_int4

@@ -14,11 +14,11 @@ import triton.language as tl
 from ds_plugin.kernels.fp8_format import FP8, calc_diff, dequant_groups
 from ds_plugin.kernels.fp8_moe import moe_align
 from ds_plugin.kernels.fp8_quant import fp8_act_quant
-from ds_plugin.kernels.int4_format import (GROUP, dequant_int4, e4m3_codes, pack_int4,
-                                           quant_int4, unpack_int4)
+from ds_plugin.kernels.int4_format import (GROUP, dequant_int4, e4m3_codes, from_kernel_layout,
+                                           pack_int4, quant_int4, to_kernel_layout, unpack_int4)
 from ds_plugin.kernels.ref_w4a8 import (random_int4_weight, ref_static_quant,
                                         ref_w4a8_fused_moe)
-from ds_plugin.kernels.w4a8_moe import (MoETiles, TileConfig, fp8_static_quant, int4_to_e4m3,
+from ds_plugin.kernels.w4a8_moe import (MoETiles, TileConfig, fp8_static_quant, int4_to_fp8,
                                         w4a8_fused_moe, w4a8_grouped_gemm_nt)
 
 CUDA = torch.cuda.is_available()
@@ -43,10 +43,24 @@ def test_pack_order_and_round_trip():
         pack_int4(torch.tensor([[8, 0]]))
 
 
-def test_every_int4_value_is_exact_in_e4m3():
+def test_every_int4_value_is_exact_in_both_fp8_formats():
     vals = torch.arange(-8, 8, dtype=torch.float32)
     assert torch.equal(vals.to(FP8).float(), vals)
+    assert torch.equal(vals.to(torch.float8_e5m2).float(), vals)
     assert e4m3_codes() == vals.to(FP8).view(torch.uint8).tolist()
+
+
+def test_kernel_layout_is_a_lossless_involution():
+    g = torch.Generator().manual_seed(3)
+    p = torch.randint(-128, 128, (3, 5, 64), dtype=torch.int8, generator=g)
+    k = to_kernel_layout(p)
+    assert k.shape == p.shape and k.dtype == torch.int8 and not torch.equal(k, p)
+    assert torch.equal(from_kernel_layout(k), p)
+    # word bytes 1 and 2 swap, nibbles go offset-binary
+    one = pack_int4(torch.tensor([[-8, -7, -6, -5, -4, -3, -2, -1]]))
+    assert to_kernel_layout(one).view(torch.uint8).tolist() == [[0x10, 0x54, 0x32, 0x76]]
+    with pytest.raises(ValueError, match="multiple of 4"):
+        to_kernel_layout(torch.zeros(1, 6, dtype=torch.int8))
 
 
 def test_quant_dequant_bounds_and_pow2_exactness():
@@ -72,23 +86,23 @@ def test_quant_dequant_bounds_and_pow2_exactness():
 @triton.jit
 def _expand_probe(w_ptr, v0_ptr, v1_ptr, ROWS: tl.constexpr, ASM: tl.constexpr):
     offs = tl.arange(0, ROWS)[:, None] * 64 + tl.arange(0, 64)[None, :]
-    v0, v1 = int4_to_e4m3(tl.load(w_ptr + offs), ROWS, ASM)
+    v0, v1 = int4_to_fp8(tl.load(w_ptr + offs), ROWS, ASM)
     tl.store(v0_ptr + offs, v0)
     tl.store(v1_ptr + offs, v1)
 
 
 @pytest.mark.parametrize("asm", [False, True] if CUDA else [False])
 def test_expansion_is_exact_for_every_byte(asm):
-    # 16 rows x 64 bytes: all 256 byte values four times, in shuffled positions.
+    # 16 rows x 64 bytes of kernel layout: all 256 byte values four times, shuffled.
     g = torch.Generator().manual_seed(0)
     w = torch.cat([torch.randperm(256, generator=g) for _ in range(4)]).to(torch.uint8)
     w = w.view(torch.int8).view(16, 64).to(DEV)
-    v0 = torch.empty(16, 64, dtype=FP8, device=DEV)
+    v0 = torch.empty(16, 64, dtype=torch.float8_e5m2, device=DEV)
     v1 = torch.empty_like(v0)
     _expand_probe[(1,)](w, v0, v1, ROWS=16, ASM=asm)
-    vals = unpack_int4(w.cpu()).float().view(16, 16, 2, 4)  # K = 8c + 4h + r
+    vals = unpack_int4(from_kernel_layout(w.cpu())).float().view(16, 16, 2, 4)  # K = 8c+4h+r
     for h, got in enumerate((v0, v1)):
-        want = vals[:, :, h, :].reshape(16, 64).to(FP8)
+        want = vals[:, :, h, :].reshape(16, 64).to(torch.float8_e5m2)
         assert torch.equal(got.cpu().view(torch.uint8), want.view(torch.uint8)), f"v{h}"
 
 
@@ -124,8 +138,8 @@ def test_grouped_gemm_each_pair(tile, static):
     else:
         xq, xs = fp8_act_quant(x)
         xd = dequant_groups(xq, xs)
-    out = w4a8_grouped_gemm_nt(xq, xs, w, w_s, sorted_ids, block_expert, m * k, k,
-                               topk_weights=tw.reshape(-1), tile=tile)
+    out = w4a8_grouped_gemm_nt(xq, xs, to_kernel_layout(w), w_s, sorted_ids, block_expert,
+                               m * k, k, topk_weights=tw.reshape(-1), tile=tile)
     for p in range(m * k):
         t, j = divmod(p, k)
         ex = int(ids[t, j])
@@ -172,10 +186,11 @@ def test_static_quant_is_bitwise_the_twin(silu_mul):
 # -- the fused layer -------------------------------------------------------------------
 
 def _experts(e, h, i, seed=0):
+    """Checkpoint-layout experts (for the references) and their kernel-layout copies."""
     g = torch.Generator(device=DEV).manual_seed(seed)
     w13, s13 = random_int4_weight((e, 2 * i, h), DEV, generator=g)
     w2, s2 = random_int4_weight((e, h, i), DEV, generator=g)
-    return w13, s13, w2, s2
+    return w13, s13, w2, s2, to_kernel_layout(w13), to_kernel_layout(w2)
 
 
 SMALL = [(5, 256, 128, 6, 2), (1, 256, 128, 4, 1), (17, 384, 256, 8, 3)]
@@ -188,12 +203,12 @@ SCALES = {"dynamic": (None, None), "static": (0.02, 0.004)}
 def test_fused_moe_matches_reference(m, h, i, e, k, scales):
     # The SiLU output is quantized a second time, so (as in test_fp8_moe) a one-ulp bf16
     # difference in gate/up can move one e4m3 code: a similarity budget, not an ulp bound.
-    w13, s13, w2, s2 = _experts(e, h, i)
+    w13, s13, w2, s2, k13, k2 = _experts(e, h, i)
     g = torch.Generator(device=DEV).manual_seed(2)
     x = torch.randn(m, h, generator=g, device=DEV).to(torch.bfloat16)
     tw, ids = _routing(m, e, k, seed=3, skew=(m == 17))
     a13, a2 = (None if s is None else torch.tensor([s], device=DEV) for s in SCALES[scales])
-    out = w4a8_fused_moe(x, tw, ids, w13, s13, w2, s2, a13, a2)
+    out = w4a8_fused_moe(x, tw, ids, k13, s13, k2, s2, a13, a2)
     if m > 16:  # the fp32 loop is slow: check 8 tokens spread over the batch
         rows = torch.arange(0, m, m // 8, device=DEV)[:8]
         out, x, tw, ids = out[rows], x[rows], tw[rows], ids[rows]
@@ -204,29 +219,29 @@ def test_fused_moe_matches_reference(m, h, i, e, k, scales):
 
 def test_fused_moe_ignores_poisoned_unused_experts():
     e, h, i = 6, 256, 128
-    w13, s13, w2, s2 = _experts(e, h, i)
+    w13, s13, w2, s2, k13, k2 = _experts(e, h, i)
     x = torch.randn(4, h, device=DEV).to(torch.bfloat16)
     ids = torch.tensor([[0, 2]] * 4, device=DEV)
     tw = torch.full((4, 2), 0.5, device=DEV)
     for unused in (1, 3, 4, 5):
         s13[unused] = float("nan")
         s2[unused] = float("nan")
-    out = w4a8_fused_moe(x, tw, ids, w13, s13, w2, s2)
+    out = w4a8_fused_moe(x, tw, ids, k13, s13, k2, s2)
     assert calc_diff(out, ref_w4a8_fused_moe(x, tw, ids, w13, s13, w2, s2)) < 1e-3
 
 
 def test_fused_moe_tiles_agree():
     # Every tile variant computes the same sums (up to fp32 reassociation).
-    w13, s13, w2, s2 = _experts(8, 256, 128)
+    _, s13, _, s2, k13, k2 = _experts(8, 256, 128)
     x = torch.randn(9, 256, device=DEV).to(torch.bfloat16)
     tw, ids = _routing(9, 8, 2, seed=5)
-    outs = [w4a8_fused_moe(x, tw, ids, w13, s13, w2, s2, tiles=MoETiles(t, t)) for t in TILES]
+    outs = [w4a8_fused_moe(x, tw, ids, k13, s13, k2, s2, tiles=MoETiles(t, t)) for t in TILES]
     for o in outs[1:]:
         assert calc_diff(o, outs[0]) < 1e-4
 
 
 def test_fused_moe_rejects_mismatched_experts():
-    w13, s13, w2, s2 = _experts(2, 256, 128)
+    _, s13, _, s2, w13, w2 = _experts(2, 256, 128)
     one = torch.ones(1, 1, device=DEV)
     with pytest.raises(ValueError, match="w13"):
         w4a8_fused_moe(torch.zeros(1, 128, dtype=torch.bfloat16, device=DEV), one,
@@ -242,7 +257,7 @@ def test_fused_moe_rejects_mismatched_experts():
 def test_fused_moe_cuda_graph_replay(scales):
     # Shapes depend on the batch only: a captured call replays on new routing and inputs.
     e, h, i, m, k = 256, 7168, 2048, 8, 8
-    w13, s13, w2, s2 = _experts(e, h, i)
+    _, s13, _, s2, w13, w2 = _experts(e, h, i)
     a13, a2 = (None if s is None else torch.tensor([s], device=DEV) for s in SCALES[scales])
     x = torch.randn(m, h, device=DEV).to(torch.bfloat16)
     tw, ids = _routing(m, e, k, seed=6)

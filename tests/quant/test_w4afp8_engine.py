@@ -33,6 +33,8 @@ IN_TREE_REFUSAL = "Unknown quantization method: w4afp8"
 _RESOLVE = """
 import json, sys
 from vllm.config import ModelConfig
+from vllm.plugins import load_general_plugins
+load_general_plugins()  # what every engine process does first (VLLM_PLUGINS filters it)
 try:
     print(json.dumps({"quantization": ModelConfig(model=sys.argv[1]).quantization}))
 except Exception as e:
