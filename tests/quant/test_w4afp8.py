@@ -214,3 +214,36 @@ def test_missing_scales_fail_at_load_naming_them(ctx, skip, match):
     _load(layer, _checkpoint_experts(), skip=(skip,))
     with pytest.raises(ValueError, match=match):
         layer.quant_method.process_weights_after_loading(layer)
+
+
+def test_generated_checkpoint_has_the_w4afp8_layout_and_an_exact_twin(tmp_path):
+    from ds_plugin.testing.checkpoint import read_state_dict, write_bf16_twin
+
+    tiny = TinyConfig(n_shards=1)
+    path = write_checkpoint(tmp_path / "w4", tiny, quant="w4afp8")
+    raw = read_state_dict(path, dequantize=False)
+    h, i = tiny.hidden_size, tiny.moe_intermediate_size
+    for e in range(tiny.n_routed_experts):
+        for proj, (n, k) in (("gate_proj", (i, h)), ("up_proj", (i, h)), ("down_proj", (h, i))):
+            p = f"model.layers.1.mlp.experts.{e}.{proj}."
+            assert raw[p + "weight"].dtype == torch.int8 and raw[p + "weight"].shape == (n, k // 2)
+            s = raw[p + "weight_scale_inv"]
+            assert s.dtype == torch.float32 and s.shape == (n, k // 128)
+            assert torch.equal(torch.exp2(torch.log2(s).round()), s)  # powers of two
+            assert raw[p + "input_scale"].numel() == 1
+            # the MTP layer's experts and everything else quantised are block-FP8
+            mtp = f"model.layers.{tiny.num_hidden_layers}.mlp.experts.{e}.{proj}."
+            assert raw[mtp + "weight"].dtype == torch.float8_e4m3fn
+            assert mtp + "input_scale" not in raw
+    assert raw["model.layers.1.mlp.shared_experts.up_proj.weight"].dtype == torch.float8_e4m3fn
+    assert raw["model.layers.1.mlp.gate.weight"].dtype == torch.bfloat16
+    cfg = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert cfg["quant_method"] == "w4afp8" and cfg["group_size"] == 128
+    twin = write_bf16_twin(path, tmp_path / "twin")
+    assert "quantization_config" not in json.loads((twin / "config.json").read_text())
+    tw, deq = read_state_dict(twin, dequantize=False), read_state_dict(path)
+    assert set(tw) == set(deq) and not any(k.endswith("input_scale") for k in tw)
+    for k, v in deq.items():
+        assert torch.equal(tw[k], v.to(tw[k].dtype)), k
+        if ".mlp.experts." in k and raw[k].dtype == torch.int8:
+            assert torch.equal(tw[k].float(), v), k  # int4 x 2^k is exact in bf16
