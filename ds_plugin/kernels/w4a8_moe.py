@@ -256,8 +256,15 @@ class MoETiles:
 
 
 def w4a8_tiles(num_pairs: int, num_experts: int) -> MoETiles:
-    """Default tiles (benchmarks/bench_w4a8_moe.py --quick compares the alternatives)."""
-    return MoETiles()
+    """Tiles by rows per expert block (fp8_moe.moe_block_m). Small blocks swap A and B so
+    the weight rows fill the 64-row wgmma tile (with 16 token rows Triton would otherwise
+    fall back to mma.sync through fp16); 64-row blocks use the plain orientation.
+    Not yet tuned on the H200: benchmarks/bench_w4a8_moe.py --quick compares the variants."""
+    if moe_block_m(num_pairs, num_experts) < 64:
+        tile = TileConfig(block_n=64, swap_ab=True)
+    else:
+        tile = TileConfig(block_n=128, num_warps=8)
+    return MoETiles(tile, tile)
 
 
 def w4a8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
