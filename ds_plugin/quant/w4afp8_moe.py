@@ -36,8 +36,9 @@ def _checked_dtype(loader, name: str, dtype: torch.dtype):
     """A loader that refuses a checkpoint tensor of another dtype (a copy would convert)."""
     def load(param, loaded_weight, *args, **kwargs):
         if loaded_weight.dtype != dtype:
+            what = "packed int4" if dtype == torch.int8 else "scales"
             raise ValueError(f"{name}: checkpoint tensor is {loaded_weight.dtype}, expected "
-                             f"{dtype} (W4AFP8 {'packed int4' if dtype == torch.int8 else 'scales'})")
+                             f"{dtype} (W4AFP8 {what})")
         return loader(param, loaded_weight, *args, **kwargs)
     return load
 
@@ -98,8 +99,8 @@ class DSW4AFp8MoEMethod(FusedMoEMethodBase):
             param = torch.nn.Parameter(data, requires_grad=False)
             layer.register_parameter(name, param)
             full = f"{self.prefix}.{name}"
-            attrs = dict(extra_weight_attrs,
-                         weight_loader=_checked_dtype(checked_loader(loader, full, want), full, dtype))
+            checked = _checked_dtype(checked_loader(loader, full, want), full, dtype)
+            attrs = dict(extra_weight_attrs, weight_loader=checked)
             if "scale" in name:
                 attrs["quant_method"] = FusedMoeWeightScaleSupported.GROUP.value
             set_weight_attrs(param, attrs)
@@ -145,8 +146,9 @@ class DSW4AFp8MoEMethod(FusedMoEMethodBase):
         else:
             from ds_plugin.kernels.int4_format import dequant_int4
 
-            for w, sc in (("w13_weight", "w13_weight_scale_inv"), ("w2_weight", "w2_weight_scale_inv")):
-                deq = dequant_int4(getattr(layer, w).data, getattr(layer, sc).data, layer.orig_dtype)
+            for w in ("w13_weight", "w2_weight"):
+                deq = dequant_int4(getattr(layer, w).data, getattr(layer, f"{w}_scale_inv").data,
+                                   layer.orig_dtype)
                 replace_parameter(layer, w, deq)
             layer.ds_experts = CpuGroupedExperts()
         self.config.note_path("MoE", layer.ds_experts.name)

@@ -156,10 +156,11 @@ def test_cpu_path_dequantizes_experts_and_takes_per_tensor_scales(ctx):
     _load(layer, tensors)
     layer.quant_method.process_weights_after_loading(layer)
     assert isinstance(layer.ds_experts, CpuGroupedExperts)
+    def deq(e, proj):
+        return dequant_int4(tensors[f"{e}.{proj}.weight"], tensors[f"{e}.{proj}.weight_scale_inv"])
+
     for e in range(E):
-        gate = dequant_int4(tensors[f"{e}.gate_proj.weight"], tensors[f"{e}.gate_proj.weight_scale_inv"])
-        up = dequant_int4(tensors[f"{e}.up_proj.weight"], tensors[f"{e}.up_proj.weight_scale_inv"])
-        down = dequant_int4(tensors[f"{e}.down_proj.weight"], tensors[f"{e}.down_proj.weight_scale_inv"])
+        gate, up, down = deq(e, "gate_proj"), deq(e, "up_proj"), deq(e, "down_proj")
         assert torch.equal(layer.w13_weight[e].float(), torch.cat([gate, up]))  # exact in bf16
         assert torch.equal(layer.w2_weight[e].float(), down)
     w13_max = max(float(tensors[f"{e}.{p}.input_scale"]) for e in range(E)
@@ -196,7 +197,7 @@ def test_triton_path_through_the_interpreter(ctx, monkeypatch):
 def test_load_names_the_bad_tensor(ctx, case, match):
     layer, tensors = _layer(), _checkpoint_experts()
     if case == "dtype":
-        tensors["0.gate_proj.weight"] = tensors["0.gate_proj.weight"].float().to(torch.float8_e4m3fn)
+        tensors["0.gate_proj.weight"] = tensors["0.gate_proj.weight"].to(torch.float8_e4m3fn)
     elif case == "unpacked":
         tensors["0.gate_proj.weight"] = torch.zeros(I, H, dtype=torch.int8)
     elif case == "scale_shape":
