@@ -40,6 +40,7 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
 # registration (it imports only vLLM's quantization bases; kernels load on first use).
 QUANT_CONFIGS: dict[str, tuple[str, str]] = {
     "ds_fp8": ("ds_plugin.quant.block_fp8", "DSBlockFp8Config"),
+    "w4afp8": ("ds_plugin.quant.w4afp8", "DSW4AFp8Config"),
 }
 # Attention backends: vLLM enum member -> ("module.Class", opt-in env var or None). Existing
 # members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`. CPU:
