@@ -102,7 +102,7 @@ _UNIQUE = itertools.count()  # vLLM refuses two layers of one name in a config
 
 
 def _layer(cfg=None, prefix=PREFIX):
-    from vllm.model_executor.layers.fused_moe import FusedMoEFactory
+    from ds_plugin._vllm.layers import FusedMoEFactory
 
     prefix = f"case{next(_UNIQUE)}.{prefix}"
     cfg = cfg or DSW4AFp8Config.from_config(CKPT_CFG)
