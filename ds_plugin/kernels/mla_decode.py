@@ -34,6 +34,45 @@ MIN_TOKENS_PER_SPLIT = 256
 
 
 @triton.jit
+def _e4m3_pair_to_f16x2(w):
+    """Two e4m3 codes (bits 0-7 and 8-15 of int32 `w`) -> two fp16 holding each value * 2^-8.
+
+    e4m3 (bias 7) placed in fp16's exponent/mantissa fields (bias 15) reads as the same value
+    times 2^-8, subnormals included, so the convert is exact integer work in registers; the
+    2^8 goes into the scale. The codes the cache writer emits never include e4m3's NaN.
+    """
+    pair = ((w & 0x7F) << 7) | ((w & 0x80) << 8) | ((w & 0x7F00) << 15) | ((w & 0x8000) << 16)
+    lo = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    hi = ((pair >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _load_tile(kv_row, offs, n_ok, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """A [BLOCK_N, WIDTH] tile of cache rows at `kv_row` (+ column offsets `offs`).
+
+    FP8_CVT 0: as stored (bf16, or e4m3 upcast by the caller). 1: e4m3 codes read as bytes and
+    converted with integer ops (Triton 3.6 still moves them to the MMA layout byte by byte).
+    2: e4m3 read as int32 words (`kv_row` an int32 pointer, `offs` in words), four codes each,
+    converted in registers and interleaved back to column order.
+    """
+    if MASKED:
+        x = tl.load(kv_row[:, None] + offs[None, :], mask=n_ok[:, None], other=0.0)
+    else:
+        x = tl.load(kv_row[:, None] + offs[None, :])
+    if FP8_CVT == 1:
+        b = x.to(tl.uint8, bitcast=True).to(tl.uint16)
+        x = (((b & 0x7F) << 7) | ((b & 0x80) << 8)).to(tl.float16, bitcast=True)
+    elif FP8_CVT == 2:
+        w = x.to(tl.uint32, bitcast=True)
+        c0, c1 = _e4m3_pair_to_f16x2(w)
+        c2, c3 = _e4m3_pair_to_f16x2(w >> 16)
+        x = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [BLOCK_N, WIDTH])
+    return x
+
+
+@triton.jit
 def _mla_decode_part_kernel(
         Q, KV, BT, SEQ, KSCALE, OP, LP, O, LSE,
         sm_scale_log2,
@@ -44,7 +83,8 @@ def _mla_decode_part_kernel(
         ROWS: tl.constexpr, HEADS: tl.constexpr, S_Q: tl.constexpr,
         RANK: tl.constexpr, ROPE: tl.constexpr, PAGE: tl.constexpr,
         FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
-        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+        PAGED_TILE: tl.constexpr = False, FP8_CVT: tl.constexpr = 0):
     # Head blocks of one (sequence, split) are adjacent in launch order, so they run together and
     # the second reads the shared key tile from L2 rather than HBM.
     hb = tl.program_id(0)
@@ -61,6 +101,10 @@ def _mla_decode_part_kernel(
 
     offs_c = tl.arange(0, RANK)
     offs_r = tl.arange(0, ROPE)
+    # Words mode addresses the cache in int32 units (4 codes a word).
+    WORD: tl.constexpr = 4 if FP8_CVT == 2 else 1
+    offs_kc = tl.arange(0, RANK // WORD)
+    offs_kr = RANK // WORD + tl.arange(0, ROPE // WORD)
     q_row = Q + b.to(tl.int64) * stride_q_b + rows[:, None] * stride_q_r
     q_c = tl.load(q_row + offs_c[None, :], mask=row_ok[:, None], other=0.0)
     q_r = tl.load(q_row + RANK + offs_r[None, :], mask=row_ok[:, None], other=0.0)
@@ -73,27 +117,42 @@ def _mla_decode_part_kernel(
         # absorbed query beyond fp16's 65504 would overflow: DeepSeek-V3's are orders smaller.
         q_c = q_c.to(tl.float16)
         q_r = q_r.to(tl.float16)
-    qk_scale = sm_scale_log2
+    # A host float may arrive typed fp64 (Inductor lowers user kernels that way); pin fp32 so
+    # the loop-carried softmax state keeps one type.
+    qk_scale = tl.cast(sm_scale_log2, tl.float32)
+    v_scale = 1.0
     if FP8:
-        k_scale = tl.load(KSCALE)
-        qk_scale = qk_scale * k_scale
+        v_scale = tl.load(KSCALE)
+        if FP8_CVT != 0:
+            v_scale = v_scale * 256.0  # the integer convert yields value * 2^-8
+        qk_scale = qk_scale * v_scale
 
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, RANK], tl.float32)
     bt_row = BT + b.to(tl.int64) * stride_bt_b
+    if FP8_CVT == 2:
+        # Words mode: the e4m3 cache read as int32 (4 codes a word); strides arrive in bytes.
+        KV = KV.to(tl.pointer_type(tl.int32), bitcast=True)
+        stride_kv_blk = stride_kv_blk // 4
+        stride_kv_tok = stride_kv_tok // 4
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < end
         # Masked loads: pages past the sequence (and their block-table entries) may hold anything.
-        page = tl.load(bt_row + n // PAGE, mask=n_ok, other=0).to(tl.int64)
-        kv_row = KV + page * stride_kv_blk + (n % PAGE) * stride_kv_tok
-        k_c = tl.load(kv_row[:, None] + offs_c[None, :], mask=n_ok[:, None], other=0.0)
-        k_r = tl.load(kv_row[:, None] + RANK + offs_r[None, :], mask=n_ok[:, None], other=0.0)
-        if FP8 or DOT_F32:
+        if PAGED_TILE and PAGE % BLOCK_N == 0:
+            # Tiles start at multiples of BLOCK_N, which divides PAGE: one page per tile.
+            page = tl.load(bt_row + n0 // PAGE).to(tl.int64)
+            kv_row = KV + page * stride_kv_blk + (n0 % PAGE + tl.arange(0, BLOCK_N)) * stride_kv_tok
+        else:
+            page = tl.load(bt_row + n // PAGE, mask=n_ok, other=0).to(tl.int64)
+            kv_row = KV + page * stride_kv_blk + (n % PAGE) * stride_kv_tok
+        k_c = _load_tile(kv_row, offs_kc, n_ok, FP8_CVT, RANK, BLOCK_N, True)
+        k_r = _load_tile(kv_row, offs_kr, n_ok, FP8_CVT, ROPE, BLOCK_N, True)
+        if DOT_F32 or (FP8 and FP8_CVT == 0):
             k_c = k_c.to(q_c.dtype)
             k_r = k_r.to(q_c.dtype)
-        s = tl.dot(q_c, tl.trans(k_c)) + tl.dot(q_r, tl.trans(k_r))
+        s = tl.dot(q_r, tl.trans(k_r), tl.dot(q_c, tl.trans(k_c)))
         s = tl.where(n[None, :] < row_end[:, None], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         # A row that has seen no visible key yet keeps m = -inf; shift by 0 to avoid inf - inf.
@@ -112,7 +171,7 @@ def _mla_decode_part_kernel(
     out = acc / tl.where(empty, 1.0, l)[:, None]
     lse2 = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
     if FP8:
-        out = out * k_scale
+        out = out * v_scale
     if DIRECT:
         o_ptr = O + b.to(tl.int64) * stride_o_b + rows[:, None] * stride_o_r + offs_c[None, :]
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
@@ -151,17 +210,22 @@ def _mla_decode_merge_kernel(OP, LP, O, LSE, num_splits,
 
 
 # Small on purpose: every config compiles on first use, and that time is spent on the GPU. Chosen
-# from ptxas reports for sm_90 (no device needed): the whole [BLOCK_N, 512] key tile passes through
-# registers, so 16- and 32-row blocks need 8 warps; 64-row blocks get Hopper's warpgroup MMA at
-# 255 registers (a 64x512 fp32 accumulator is 128 registers a thread; fp8 spills a little there).
+# from ptxas reports for sm_90 with Triton 3.6 (no device needed; benchmarks/sweep_mla_decode.py
+# --ptxas prints them): the block-table load ahead of each tile costs the software pipeline one
+# stage, so num_stages=5 is what buys a second tile buffer (load of tile i+1 overlapping the math
+# of tile i); at 2-4 stages the tile is single-buffered and every load latency is exposed.
+# 16- and 32-row blocks use mma.sync; 64-row blocks get Hopper's warpgroup MMA.
 _CONFIGS = [
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=5),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=8, num_stages=5),
+    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=4, num_stages=5),
+    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=5),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=5),
+    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=5),
 ]
+# How an e4m3 tile becomes the MMA's fp16 operand (see _load_tile): 2 = int32 words converted in
+# registers (pipelined cp.async, no byte-wise shared-memory traffic); 0 = Triton's own cast.
+FP8_CVT_DEFAULT = 2
 
 
 def _prune(configs, named_args, **kwargs):
@@ -172,7 +236,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _mla_decode_part_tuned = triton.autotune(
-    configs=_CONFIGS, key=["ROWS", "RANK", "PAGE", "FP8", "DIRECT", "work_hint"],
+    configs=_CONFIGS, key=["ROWS", "RANK", "PAGE", "FP8", "FP8_CVT", "DIRECT", "work_hint"],
     prune_configs_by={"early_config_prune": _prune})(_mla_decode_part_kernel)
 
 
@@ -216,7 +280,8 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     tokens including the s_q new ones). Returns out [B, s_q, H, rank] in q's dtype and lse
     [B, s_q, H] fp32 (natural log; -inf and out = 0 for a row that sees no key).
     `workspace`, if given, is fp32 with at least B * s_q * H * num_splits * (rank + 1) elements.
-    `config` ({"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}) bypasses autotuning (the interpreter uses it).
+    `config` ({"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}, optionally "PAGED_TILE" and
+    "FP8_CVT", see the kernel) bypasses autotuning (the interpreter uses it).
     """
     kv_cache = as_fp8_cache(kv_cache)
     batch, s_q, heads, dim = q.shape
@@ -259,13 +324,18 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
         op = workspace[:split].view(batch, rows, num_splits, kv_lora_rank)
         lp = workspace[split:split + batch * rows * num_splits].view(batch, rows, num_splits)
         op_strides, lp_strides = op.stride()[:3], lp.stride()[:2]
+    config = config or {}
+    fp8_cvt = config.get("FP8_CVT", FP8_CVT_DEFAULT) if fp8 else 0
+    if fp8_cvt == 2 and (kv_cache.stride(0) % 4 or kv_cache.stride(1) % 4 or rope < 4):
+        fp8_cvt = 0  # words mode reads 4-byte aligned rows
     args = (q, kv_cache, block_table, seq_lens, k_scale if fp8 else lse, op, lp, o2, lse2,
-            scale * LOG2E, q.stride(0), q.stride(2), kv_cache.stride(0), kv_cache.stride(1),
+            float(scale * LOG2E), q.stride(0), q.stride(2), kv_cache.stride(0), kv_cache.stride(1),
             block_table.stride(0), *op_strides, *lp_strides, o2.stride(0), o2.stride(1),
             lse2.stride(0), num_splits, _work_hint(batch * num_splits))
     meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
-                PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting())
-    if config is None:
+                PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting(),
+                PAGED_TILE=config.get("PAGED_TILE", True), FP8_CVT=fp8_cvt)
+    if "BLOCK_H" not in config:
         grid = lambda m: (triton.cdiv(rows, m["BLOCK_H"]), batch, num_splits)  # noqa: E731
         _mla_decode_part_tuned[grid](*args, **meta)
     else:

@@ -23,7 +23,8 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 # A fixed config keeps compiles few (each costs GPU time); every autotune config is swept by
 # test_every_config_real_size_128_heads, and the autotuned path by test_autotuned_path.
-CONFIG = {"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 8} if CUDA else {"BLOCK_H": 16, "BLOCK_N": 16}
+CONFIG = ({"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 8, "num_stages": 5} if CUDA
+          else {"BLOCK_H": 16, "BLOCK_N": 16})
 SMALL = dict(rank=64, rope=16, heads=8)  # s_q 3 -> 24 rows: two head blocks of 16
 REAL = dict(rank=512, rope=64, heads=16)
 
@@ -86,6 +87,53 @@ def test_decode_matches_dense_reference(page, fp8, seq_lens, s_q, num_splits):
                           num_splits=num_splits, config=CONFIG)
     ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, scale, rank, k_scale)
     _check(out, lse, ref_out, ref_lse, 5.0)
+
+
+# Tile loading paths: one block-table entry per tile or per row; e4m3 read as int32 words and
+# converted in registers (2), as bytes with integer ops (1) or by Triton's cast (0).
+LOAD_PATHS = [dict(PAGED_TILE=True, FP8_CVT=2), dict(PAGED_TILE=False, FP8_CVT=2),
+              dict(PAGED_TILE=True, FP8_CVT=1), dict(PAGED_TILE=True, FP8_CVT=0)]
+
+
+@pytest.mark.parametrize("path", LOAD_PATHS, ids=lambda p: f"paged{int(p['PAGED_TILE'])}-cvt{p['FP8_CVT']}")
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_every_load_path(path, fp8):
+    if not fp8 and path["FP8_CVT"] != 2:
+        pytest.skip("the fp8 convert modes are the same kernel on a bf16 cache")
+    dims = REAL if CUDA else SMALL
+    rank, rope, heads = dims["rank"], dims["rope"], dims["heads"]
+    gen = torch.Generator().manual_seed(29)
+    seq_lens, s_q = [70, 1, 33, 0], 2
+    k_scale = torch.tensor([0.03], device=DEVICE) if fp8 else None
+    cache, table, _ = _fill_cache(seq_lens, 64, rank, rope,
+                                  torch.float8_e4m3fn if fp8 else torch.bfloat16, gen, k_scale)
+    q = torch.randn(len(seq_lens), s_q, heads, rank + rope, generator=gen).to(torch.bfloat16).to(DEVICE)
+    seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, 0.1, rank, k_scale)
+    out, lse = mla_decode(q, cache, table, seq, 0.1, rank, k_scale=k_scale, num_splits=2,
+                          config=dict(CONFIG, **path))
+    _check(out, lse, ref_out, ref_lse, 5.0)
+
+
+@pytest.mark.parametrize("cvt", [0, 1, 2])
+def test_every_e4m3_code_decodes_exactly(cvt):
+    # One cached token per sequence: softmax weight exactly 1, so out = the dequantised latent,
+    # and every finite e4m3 value (254 codes, subnormals included) is exact in bf16: bitwise.
+    rank, rope = (REAL if CUDA else SMALL)["rank"], (REAL if CUDA else SMALL)["rope"]
+    codes = torch.arange(256, dtype=torch.int32)
+    codes = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)  # drop the two NaN codes
+    batch = -(-codes.numel() // rank)
+    latent = codes.repeat(batch * rank // codes.numel() + 1)[:batch * rank].view(batch, rank)
+    rows = torch.cat([latent, torch.zeros(batch, rope, dtype=torch.uint8)], dim=1)
+    cache = rows.view(batch, 1, rank + rope).to(DEVICE)
+    k_scale = torch.tensor([1.0], device=DEVICE)
+    table = torch.arange(batch, dtype=torch.int32, device=DEVICE)[:, None]
+    seq = torch.ones(batch, dtype=torch.int32, device=DEVICE)
+    q = torch.zeros(batch, 1, 2, rank + rope, dtype=torch.bfloat16, device=DEVICE)
+    out, _ = mla_decode(q, cache, table, seq, 0.1, rank, k_scale=k_scale,
+                        config=dict(CONFIG, BLOCK_N=16, PAGED_TILE=False, FP8_CVT=cvt))
+    want = cache.view(torch.float8_e4m3fn)[:, 0, :rank].float()
+    assert torch.equal(out[:, 0, 0].float(), want) and torch.equal(out[:, 0, 1].float(), want)
 
 
 def test_autotuned_path():
