@@ -36,8 +36,15 @@ DIM = RANK + ROPE
 DEVICE = "cuda"  # the checks also run on "cpu" under TRITON_INTERPRET=1 (smoke test of this script)
 
 
-def _cfg(bh, bn, warps, stages, paged=True, cvt=2):
-    return dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=warps, num_stages=stages, PAGED_TILE=paged, FP8_CVT=cvt)
+def _cfg(bh, bn, warps, stages, paged=True, cvt=2, tma=False):
+    return dict(BLOCK_H=bh, BLOCK_N=bn, num_warps=warps, num_stages=stages, PAGED_TILE=paged,
+                FP8_CVT=cvt, TMA=tma)
+
+
+def _set_allocator():
+    # Device-side tensor descriptors (the TMA variants) keep their 128-byte descriptors in
+    # global scratch that the launcher allocates through this hook.
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=DEVICE))
 
 
 # name -> (heads it runs at, config, split multiplier). "old" is the config the previous H200 run
@@ -51,6 +58,8 @@ VARIANTS = {
     "r16x64s5": ((16,), _cfg(16, 64, 8, 5, paged=False), 1),
     "p16x32s5c0": ((16,), _cfg(16, 32, 8, 5, cvt=0), 1),
     "p16x32s5x2": ((16,), _cfg(16, 32, 8, 5), 2),
+    "t16x32s5": ((16,), _cfg(16, 32, 8, 5, tma=True), 1),
+    "t16x64s5": ((16,), _cfg(16, 64, 8, 5, tma=True), 1),
     "old128": ((128,), _cfg(64, 32, 8, 2, paged=False, cvt=0), 1),
     "p64x32s5": ((128,), _cfg(64, 32, 8, 5), 1),
     "p64x16s5": ((128,), _cfg(64, 16, 8, 5), 1),
@@ -58,6 +67,8 @@ VARIANTS = {
     "p64x32s2": ((128,), _cfg(64, 32, 8, 2), 1),
     "p16x64s5h": ((128,), _cfg(16, 64, 8, 5), 1),
     "p64x32s5x2": ((128,), _cfg(64, 32, 8, 5), 2),
+    "t64x16s5": ((128,), _cfg(64, 16, 8, 5, tma=True), 1),
+    "t64x32s5": ((128,), _cfg(64, 32, 8, 5, tma=True), 1),
 }
 
 
@@ -101,6 +112,7 @@ def check_variant(task):
         from ds_plugin.kernels.ref_mla import ref_mla_decode
 
         cfg = VARIANTS[name][1]
+        _set_allocator()
         gen = torch.Generator().manual_seed(7)
         cache, table, k_scale = _poisoned_cache(seq_lens, kv == "fp8", gen, DEVICE)
         q = torch.randn(len(seq_lens), 1, heads, DIM, generator=gen).bfloat16().to(DEVICE)
@@ -225,6 +237,7 @@ def main() -> None:
 
     from ds_plugin.kernels.mla_decode import mla_decode
 
+    _set_allocator()
     batches, contexts = ([1, 128], [32768]) if args.quick else ([1, 32, 128], [4096, 32768])
     blocks = max(batches) * max(contexts) // PAGE
     torch.manual_seed(0)
@@ -319,10 +332,11 @@ def ptxas_report(names) -> None:
                             stride_kv_tok=DIM, stride_bt_b=512, stride_op_b=heads * 16 * RANK,
                             stride_op_r=16 * RANK, stride_op_s=RANK, stride_lp_b=heads * 16,
                             stride_lp_r=16, stride_o_b=heads * RANK, stride_o_r=RANK, stride_lse_b=heads,
-                            num_splits=16, work_hint=64)
+                            num_splits=16, work_hint=64, num_blocks=65536)
                 consts = dict(ROWS=heads, HEADS=heads, S_Q=1, RANK=RANK, ROPE=ROPE, PAGE=PAGE,
                               FP8=kv == "fp8", DIRECT=False, DOT_F32=False, BLOCK_H=cfg["BLOCK_H"],
-                              BLOCK_N=cfg["BLOCK_N"], PAGED_TILE=cfg["PAGED_TILE"], FP8_CVT=cvt)
+                              BLOCK_N=cfg["BLOCK_N"], PAGED_TILE=cfg["PAGED_TILE"], FP8_CVT=cvt,
+                              TMA=cfg["TMA"])
                 sig, attrs = {}, {}
                 for i, a in enumerate(fn.arg_names):
                     if a in consts:
@@ -340,11 +354,12 @@ def ptxas_report(names) -> None:
                     res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
                 m = re.search(r"REG:(\d+).*?STACK:(\d+)", res)
                 ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
-                bufs = re.findall(r"local_alloc : \(\) -> !ttg.memdesc<(\d+)x\d+x512x", ttgir)
+                bufs = re.findall(r"local_alloc : \(\) -> !ttg.memdesc<(\d+)x\d+x(?:512xbf16|512xf16|128xi32)", ttgir)
                 print(f"{name:>12} H={heads:<3} {kv:4} regs {m.group(1):>3} stack {m.group(2):>4} "
                       f"smem {k.metadata.shared // 1024:>3} KB tile-buffers {','.join(bufs) or '-':>3} "
                       f"cp.async {ptx.count('cp.async.cg') + ptx.count('cp.async.ca'):>3} "
                       f"ld.shared.b8 {ptx.count('ld.shared.b8') + ptx.count('ld.shared.u8'):>3} "
+                      f"tma {ptx.count('cp.async.bulk.tensor'):>2} "
                       f"wgmma {ptx.count('wgmma.mma_async'):>3} mma.sync {ptx.count('mma.sync'):>3}", flush=True)
 
 

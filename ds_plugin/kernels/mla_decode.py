@@ -48,19 +48,11 @@ def _e4m3_pair_to_f16x2(w):
 
 
 @triton.jit
-def _load_tile(kv_row, offs, n_ok, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
-    """A [BLOCK_N, WIDTH] tile of cache rows at `kv_row` (+ column offsets `offs`).
-
-    FP8_CVT 0: as stored (bf16, or e4m3 upcast by the caller). 1: e4m3 codes read as bytes and
-    converted with integer ops (Triton 3.6 still moves them to the MMA layout byte by byte).
-    2: e4m3 read as int32 words (`kv_row` an int32 pointer, `offs` in words), four codes each,
-    converted in registers and interleaved back to column order.
-    """
-    if MASKED:
-        x = tl.load(kv_row[:, None] + offs[None, :], mask=n_ok[:, None], other=0.0)
-    else:
-        x = tl.load(kv_row[:, None] + offs[None, :])
+def _convert_tile(x, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A loaded cache tile -> the MMA operand. FP8_CVT 0: as stored (bf16, or e4m3 upcast by the
+    caller). 1: e4m3 bytes converted with integer ops (Triton 3.6 still moves the bytes to the MMA
+    layout one by one). 2: int32 words of four e4m3 codes converted in registers and interleaved
+    back to column order."""
     if FP8_CVT == 1:
         b = x.to(tl.uint8, bitcast=True).to(tl.uint16)
         x = (((b & 0x7F) << 7) | ((b & 0x80) << 8)).to(tl.float16, bitcast=True)
@@ -73,18 +65,49 @@ def _load_tile(kv_row, offs, n_ok, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr,
 
 
 @triton.jit
+def _load_tile(kv_row, offs, n_ok, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """A [BLOCK_N, WIDTH] operand from cache rows at `kv_row` (+ column offsets `offs`, in words
+    for FP8_CVT 2, where `kv_row` is an int32 pointer)."""
+    if MASKED:
+        x = tl.load(kv_row[:, None] + offs[None, :], mask=n_ok[:, None], other=0.0)
+    else:
+        x = tl.load(kv_row[:, None] + offs[None, :])
+    return _convert_tile(x, FP8_CVT, WIDTH, BLOCK_N)
+
+
+@triton.jit
+def _attend(q_c, q_r, k_c, k_r, n, row_end, qk_scale, m, l, acc, FP8: tl.constexpr, OUT_TY: tl.constexpr):
+    """One key tile of the online softmax: returns the updated (row max, row sum, accumulator)."""
+    s = tl.dot(q_r, tl.trans(k_r), tl.dot(q_c, tl.trans(k_c)))
+    s = tl.where(n[None, :] < row_end[:, None], s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    # A row that has seen no visible key yet keeps m = -inf; shift by 0 to avoid inf - inf.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    if FP8:
+        p_mm = p.to(k_c.dtype)
+    else:
+        p_mm = p.to(OUT_TY).to(k_c.dtype)
+    acc = acc * alpha[:, None] + tl.dot(p_mm, k_c)
+    return m_new, l, acc
+
+
+@triton.jit
 def _mla_decode_part_kernel(
         Q, KV, BT, SEQ, KSCALE, OP, LP, O, LSE,
         sm_scale_log2,
         stride_q_b, stride_q_r, stride_kv_blk, stride_kv_tok, stride_bt_b,
         stride_op_b, stride_op_r, stride_op_s, stride_lp_b, stride_lp_r,
         stride_o_b, stride_o_r, stride_lse_b,
-        num_splits, work_hint,
+        num_splits, work_hint, num_blocks,
         ROWS: tl.constexpr, HEADS: tl.constexpr, S_Q: tl.constexpr,
         RANK: tl.constexpr, ROPE: tl.constexpr, PAGE: tl.constexpr,
         FP8: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-        PAGED_TILE: tl.constexpr = False, FP8_CVT: tl.constexpr = 0):
+        PAGED_TILE: tl.constexpr = False, FP8_CVT: tl.constexpr = 0, TMA: tl.constexpr = False):
     # Head blocks of one (sequence, split) are adjacent in launch order, so they run together and
     # the second reads the shared key tile from L2 rather than HBM.
     hb = tl.program_id(0)
@@ -136,7 +159,35 @@ def _mla_decode_part_kernel(
         KV = KV.to(tl.pointer_type(tl.int32), bitcast=True)
         stride_kv_blk = stride_kv_blk // 4
         stride_kv_tok = stride_kv_tok // 4
-    for n0 in range(start, end, BLOCK_N):
+    tail = start
+    if TMA:
+        # Full tiles through the tensor-memory accelerator: one 3-D box [1, BLOCK_N, width] per
+        # page slice, no masks (whole tiles lie inside the sequence); the last partial tile, whose
+        # page rows past the sequence may hold anything, goes through the masked loads below.
+        n_blocks = num_blocks
+        if FP8_CVT == 2:
+            desc_c = tl.make_tensor_descriptor(KV, [n_blocks, PAGE, (RANK + ROPE) // 4],
+                                               [stride_kv_blk, stride_kv_tok, 1], [1, BLOCK_N, RANK // 4])
+            desc_r = tl.make_tensor_descriptor(KV + RANK // 4, [n_blocks, PAGE, ROPE // 4],
+                                               [stride_kv_blk, stride_kv_tok, 1], [1, BLOCK_N, ROPE // 4])
+        else:
+            desc_c = tl.make_tensor_descriptor(KV, [n_blocks, PAGE, RANK + ROPE],
+                                               [stride_kv_blk, stride_kv_tok, 1], [1, BLOCK_N, RANK])
+            desc_r = tl.make_tensor_descriptor(KV + RANK, [n_blocks, PAGE, ROPE],
+                                               [stride_kv_blk, stride_kv_tok, 1], [1, BLOCK_N, ROPE])
+        tail = start + (end - start) // BLOCK_N * BLOCK_N
+        for n0 in range(start, tail, BLOCK_N):
+            page = tl.load(bt_row + n0 // PAGE)
+            x_c = desc_c.load([page, n0 % PAGE, 0]).reshape(BLOCK_N, RANK // WORD)
+            x_r = desc_r.load([page, n0 % PAGE, 0]).reshape(BLOCK_N, ROPE // WORD)
+            k_c = _convert_tile(x_c, FP8_CVT, RANK, BLOCK_N)
+            k_r = _convert_tile(x_r, FP8_CVT, ROPE, BLOCK_N)
+            if DOT_F32 or (FP8 and FP8_CVT == 0):
+                k_c = k_c.to(q_c.dtype)
+                k_r = k_r.to(q_c.dtype)
+            m, l, acc = _attend(q_c, q_r, k_c, k_r, n0 + tl.arange(0, BLOCK_N), row_end, qk_scale,
+                                m, l, acc, FP8, O.dtype.element_ty)
+    for n0 in range(tail, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < end
         # Masked loads: pages past the sequence (and their block-table entries) may hold anything.
@@ -152,20 +203,8 @@ def _mla_decode_part_kernel(
         if DOT_F32 or (FP8 and FP8_CVT == 0):
             k_c = k_c.to(q_c.dtype)
             k_r = k_r.to(q_c.dtype)
-        s = tl.dot(q_r, tl.trans(k_r), tl.dot(q_c, tl.trans(k_c)))
-        s = tl.where(n[None, :] < row_end[:, None], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        # A row that has seen no visible key yet keeps m = -inf; shift by 0 to avoid inf - inf.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        if FP8:
-            p_mm = p.to(k_c.dtype)
-        else:
-            p_mm = p.to(O.dtype.element_ty).to(k_c.dtype)
-        acc = acc * alpha[:, None] + tl.dot(p_mm, k_c)
-        m = m_new
+        m, l, acc = _attend(q_c, q_r, k_c, k_r, n, row_end, qk_scale, m, l, acc, FP8,
+                            O.dtype.element_ty)
 
     empty = l == 0.0
     out = acc / tl.where(empty, 1.0, l)[:, None]
@@ -280,8 +319,9 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     tokens including the s_q new ones). Returns out [B, s_q, H, rank] in q's dtype and lse
     [B, s_q, H] fp32 (natural log; -inf and out = 0 for a row that sees no key).
     `workspace`, if given, is fp32 with at least B * s_q * H * num_splits * (rank + 1) elements.
-    `config` ({"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}, optionally "PAGED_TILE" and
-    "FP8_CVT", see the kernel) bypasses autotuning (the interpreter uses it).
+    `config` ({"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}, optionally "PAGED_TILE",
+    "FP8_CVT" and "TMA", see the kernel) bypasses autotuning (the interpreter uses it). TMA builds
+    tensor descriptors on the device, which needs `triton.set_allocator` (benchmarks only).
     """
     kv_cache = as_fp8_cache(kv_cache)
     batch, s_q, heads, dim = q.shape
@@ -328,13 +368,17 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     fp8_cvt = config.get("FP8_CVT", FP8_CVT_DEFAULT) if fp8 else 0
     if fp8_cvt == 2 and (kv_cache.stride(0) % 4 or kv_cache.stride(1) % 4 or rope < 4):
         fp8_cvt = 0  # words mode reads 4-byte aligned rows
+    tma = bool(config.get("TMA", False))
+    if tma and (kv_cache.data_ptr() % 16 or (kv_cache.stride(1) * kv_cache.element_size()) % 16
+                or kv_cache.shape[1] % config["BLOCK_N"]):
+        raise ValueError("config TMA: the cache needs 16-byte aligned rows and pages a multiple of BLOCK_N")
     args = (q, kv_cache, block_table, seq_lens, k_scale if fp8 else lse, op, lp, o2, lse2,
             float(scale * LOG2E), q.stride(0), q.stride(2), kv_cache.stride(0), kv_cache.stride(1),
             block_table.stride(0), *op_strides, *lp_strides, o2.stride(0), o2.stride(1),
-            lse2.stride(0), num_splits, _work_hint(batch * num_splits))
+            lse2.stride(0), num_splits, _work_hint(batch * num_splits), kv_cache.shape[0])
     meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
                 PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting(),
-                PAGED_TILE=config.get("PAGED_TILE", True), FP8_CVT=fp8_cvt)
+                PAGED_TILE=config.get("PAGED_TILE", True), FP8_CVT=fp8_cvt, TMA=tma)
     if "BLOCK_H" not in config:
         grid = lambda m: (triton.cdiv(rows, m["BLOCK_H"]), batch, num_splits)  # noqa: E731
         _mla_decode_part_tuned[grid](*args, **meta)

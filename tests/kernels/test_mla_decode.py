@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+import triton
 
 from ds_plugin.kernels.mla_decode import mla_decode, mla_decode_num_splits
 from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write
@@ -91,15 +92,20 @@ def test_decode_matches_dense_reference(page, fp8, seq_lens, s_q, num_splits):
 
 # Tile loading paths: one block-table entry per tile or per row; e4m3 read as int32 words and
 # converted in registers (2), as bytes with integer ops (1) or by Triton's cast (0).
+# TMA: full tiles through device-side tensor descriptors (scratch from triton's allocator hook).
 LOAD_PATHS = [dict(PAGED_TILE=True, FP8_CVT=2), dict(PAGED_TILE=False, FP8_CVT=2),
-              dict(PAGED_TILE=True, FP8_CVT=1), dict(PAGED_TILE=True, FP8_CVT=0)]
+              dict(PAGED_TILE=True, FP8_CVT=1), dict(PAGED_TILE=True, FP8_CVT=0),
+              dict(PAGED_TILE=True, FP8_CVT=2, TMA=True), dict(PAGED_TILE=True, FP8_CVT=0, TMA=True)]
 
 
-@pytest.mark.parametrize("path", LOAD_PATHS, ids=lambda p: f"paged{int(p['PAGED_TILE'])}-cvt{p['FP8_CVT']}")
+@pytest.mark.parametrize("path", LOAD_PATHS, ids=lambda p: f"paged{int(p['PAGED_TILE'])}-cvt{p['FP8_CVT']}"
+                         + ("-tma" if p.get("TMA") else ""))
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_every_load_path(path, fp8):
     if not fp8 and path["FP8_CVT"] != 2:
         pytest.skip("the fp8 convert modes are the same kernel on a bf16 cache")
+    if path.get("TMA"):
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=DEVICE))
     dims = REAL if CUDA else SMALL
     rank, rope, heads = dims["rank"], dims["rope"], dims["heads"]
     gen = torch.Generator().manual_seed(29)
