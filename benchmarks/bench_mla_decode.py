@@ -1,4 +1,4 @@
-"""MLA decode on DeepSeek-V3 per-GPU shapes: ours vs naive torch vs any peer library present.
+"""MLA decode on DeepSeek-V3 per-GPU shapes: ours vs FlashInfer (fa3, fa2) vs naive torch.
 
 Shapes: 16 query heads (TP8) and 128 (DP attention), batch {1, 8, 32, 64, 128}, context {1k, 4k,
 16k, 32k}, BF16 and FP8 latent cache (576 values per token, block size 64), one query token.
@@ -6,35 +6,25 @@ For each: time (median of CUDA-graph replays), GB/s on the KV bytes, TFLOP/s, an
 the ceiling that bounds the shape: the measured copy bandwidth (read + write of a large
 device-to-device copy) when the shape's FLOP/byte is under the ridge point, else the measured
 bf16 matmul rate. Small caches fit in L2, so each timed call walks several disjoint page sets
-(>= 256 MB of KV in all) and the time is per call.
+(>= 256 MB of KV in all) and the time is per call. FlashInfer's `BatchMLAPagedAttentionWrapper`
+(`fa3` and `fa2` backends) runs on the BF16 rows over the same pages when it imports; "vs fa3" is
+its time over ours (> 1: ours faster).
 
 Usage: PYTHONPATH=. python benchmarks/bench_mla_decode.py [--quick] [--csv out.csv]
+(benchmarks/sweep_mla_decode.py times fixed kernel variants against each other.)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 
 import torch
 import triton
+from _mla_common import DIM, PAGE, RANK, flashinfer_backends, flashinfer_runner, time_graph
 
 from ds_plugin.kernels.mla_decode import mla_decode, mla_decode_num_splits
-
-RANK, ROPE, PAGE = 512, 64, 64
-DIM = RANK + ROPE
-
-
-def bench(fn) -> float:
-    """Median milliseconds of one call, from CUDA-graph replays (events), falling back to eager."""
-    fn()
-    torch.cuda.synchronize()
-    try:
-        return triton.testing.do_bench_cudagraph(fn, rep=60, return_mode="median")
-    except Exception:  # noqa: BLE001 - a path that cannot be captured is timed eagerly
-        return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
 
 
 def ceilings() -> tuple[float, float]:
@@ -57,17 +47,6 @@ def naive_decode(q, latent, scale):
     return torch.bmm(p, latent[..., :RANK])
 
 
-def peers() -> list[str]:
-    found = []
-    for name in ("flash_mla", "flashinfer"):
-        try:
-            importlib.import_module(name)
-            found.append(name)
-        except Exception:  # noqa: BLE001 - absent or broken: reported, not timed
-            pass
-    return found
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
@@ -81,8 +60,8 @@ def main() -> None:
           f"triton {triton.__version__}")
     print(f"# measured ceilings: copy {copy_bw / 1e12:.2f} TB/s (read+write), bf16 mm "
           f"{mm_rate / 1e12:.0f} TFLOP/s, ridge {ridge:.0f} FLOP/B")
-    found = peers()
-    print(f"# peer libraries importable: {', '.join(found) if found else 'none (flash_mla, flashinfer absent)'}")
+    fi, why = flashinfer_backends()
+    print(f"# FlashInfer: {', '.join(fi) if fi else 'not timed (' + why + ')'}")
 
     batches, contexts = ([1, 32, 128], [1024, 32768]) if args.quick else ([1, 8, 32, 64, 128],
                                                                          [1024, 4096, 16384, 32768])
@@ -91,9 +70,11 @@ def main() -> None:
     cache_bf16 = torch.randn(blocks, PAGE, DIM, dtype=torch.bfloat16, device="cuda")
     k_scale = torch.tensor([cache_bf16.abs().amax().item() / 448], device="cuda")
     cache_fp8 = (cache_bf16.float() / k_scale).to(torch.float8_e4m3fn)
+    fi_cache = (cache_bf16[..., :RANK].contiguous(), cache_bf16[..., RANK:].contiguous()) if fi else ()
     rows = []
     header = (f"{'H':>4} {'kv':>4} {'B':>4} {'ctx':>6} {'spl':>3} {'ours_us':>9} {'GB/s':>6} "
-              f"{'TFLOP/s':>7} {'bound':>5} {'of_ceil':>7} {'naive_us':>9} {'nGB/s':>6} {'speedup':>7}")
+              f"{'TFLOP/s':>7} {'bound':>5} {'of_ceil':>7} {'naive_us':>9} {'nGB/s':>6} {'speedup':>7}"
+              f" {'fa3_us':>8} {'fa2_us':>8} {'vs_fa3':>6}")
     print(header)
     for heads in (16, 128):
         for kv in ("bf16", "fp8"):
@@ -119,31 +100,41 @@ def main() -> None:
                             mla_decode(q, cache, t, seq, DIM**-0.5, RANK, k_scale=k_scale,
                                        num_splits=splits, out=out, lse=lse, workspace=ws)
 
-                    t_ours = bench(ours) / n_rot * 1e-3
+                    t_ours = time_graph(ours) / n_rot * 1e-3
                     # Naive: contiguous latents of the first page set; skip when the fp32 score
                     # tensor would not fit comfortably.
                     t_naive = float("nan")
                     if batch * heads * ctx * 4 <= 4e9 and kv == "bf16":
                         latent = cache[tables[0].long()].view(batch, ctx, DIM)
                         qn = q.view(batch, heads, DIM)
-                        t_naive = bench(lambda: naive_decode(qn, latent, DIM**-0.5)) * 1e-3
+                        t_naive = time_graph(lambda: naive_decode(qn, latent, DIM**-0.5)) * 1e-3
                         del latent
+                    t_fi = {}
+                    for backend in fi if kv == "bf16" else []:
+                        try:
+                            run, _ = flashinfer_runner(backend, q, *fi_cache, tables, seq, heads)
+                            t_fi[backend] = time_graph(run) / n_rot * 1e-3
+                        except Exception as e:  # noqa: BLE001 - a failing peer leaves its cell empty
+                            print(f"# {backend} failed at H={heads} B={batch} ctx={ctx}: {type(e).__name__}: {e}")
+                    fa3, fa2 = t_fi.get("fa3", float("nan")), t_fi.get("fa2", float("nan"))
                     intensity = flops / kv_bytes
                     bound = "mem" if intensity < ridge else "mma"
                     of_ceil = (kv_bytes / t_ours / copy_bw) if bound == "mem" else (flops / t_ours / mm_rate)
                     row = dict(H=heads, kv=kv, B=batch, ctx=ctx, splits=splits, ours_us=t_ours * 1e6,
                                gbs=kv_bytes / t_ours / 1e9, tflops=flops / t_ours / 1e12, bound=bound,
                                of_ceil=of_ceil, naive_us=t_naive * 1e6,
-                               naive_gbs=kv_bytes / t_naive / 1e9, speedup=t_naive / t_ours)
+                               naive_gbs=kv_bytes / t_naive / 1e9, speedup=t_naive / t_ours,
+                               fa3_us=fa3 * 1e6, fa2_us=fa2 * 1e6, vs_fa3=fa3 / t_ours)
                     rows.append(row)
                     print(f"{heads:>4} {kv:>4} {batch:>4} {ctx:>6} {splits:>3} {row['ours_us']:>9.1f} "
                           f"{row['gbs']:>6.0f} {row['tflops']:>7.1f} {bound:>5} {of_ceil:>7.2f} "
-                          f"{row['naive_us']:>9.1f} {row['naive_gbs']:>6.0f} {row['speedup']:>7.2f}",
-                          flush=True)
+                          f"{row['naive_us']:>9.1f} {row['naive_gbs']:>6.0f} {row['speedup']:>7.2f} "
+                          f"{row['fa3_us']:>8.1f} {row['fa2_us']:>8.1f} {row['vs_fa3']:>6.2f}", flush=True)
     from ds_plugin.kernels.mla_decode import _mla_decode_part_tuned
 
+    names = _mla_decode_part_tuned.keys
     for key, cfg in _mla_decode_part_tuned.cache.items():
-        print(f"# autotune pick {key[:5]}: {cfg}")
+        print(f"# autotune pick {dict(zip(names, key))}: {cfg}")
     if args.csv:
         with open(args.csv, "w") as f:
             f.write(",".join(rows[0]) + "\n")

@@ -30,9 +30,8 @@ import time
 
 import torch
 import triton
+from _mla_common import DIM, PAGE, RANK, ROPE, flashinfer_backends, flashinfer_runner, time_graph
 
-RANK, ROPE, PAGE = 512, 64, 64
-DIM = RANK + ROPE
 DEVICE = "cuda"  # the checks also run on "cpu" under TRITON_INTERPRET=1 (smoke test of this script)
 
 
@@ -48,16 +47,18 @@ def _set_allocator():
 
 
 # name -> (heads it runs at, config, split multiplier). "old" is the config the previous H200 run
-# picked; "...s2" keeps one stage too few for a second tile buffer (the pipeline ablation).
+# picked; "...s2" keeps one stage too few for a second tile buffer (the pipeline ablation); "t" is
+# the TMA variant; "x2" / "h" double / halve the split count of the policy.
 VARIANTS = {
     "old16": ((16,), _cfg(16, 64, 8, 2, paged=False, cvt=0), 1),
     "p16x32s5": ((16,), _cfg(16, 32, 8, 5), 1),
-    "p16x64s5": ((16,), _cfg(16, 64, 8, 5), 1),
+    "p16x64s5": ((16, 128), _cfg(16, 64, 8, 5), 1),
     "p16x32s5w4": ((16,), _cfg(16, 32, 4, 5), 1),
     "p16x64s2": ((16,), _cfg(16, 64, 8, 2), 1),
     "r16x64s5": ((16,), _cfg(16, 64, 8, 5, paged=False), 1),
     "p16x32s5c0": ((16,), _cfg(16, 32, 8, 5, cvt=0), 1),
     "p16x32s5x2": ((16,), _cfg(16, 32, 8, 5), 2),
+    "p16x32s5h": ((16,), _cfg(16, 32, 8, 5), 0.5),
     "t16x32s5": ((16,), _cfg(16, 32, 8, 5, tma=True), 1),
     "t16x64s5": ((16,), _cfg(16, 64, 8, 5, tma=True), 1),
     "old128": ((128,), _cfg(64, 32, 8, 2, paged=False, cvt=0), 1),
@@ -65,7 +66,6 @@ VARIANTS = {
     "p64x16s5": ((128,), _cfg(64, 16, 8, 5), 1),
     "p32x32s5": ((128,), _cfg(32, 32, 8, 5), 1),
     "p64x32s2": ((128,), _cfg(64, 32, 8, 2), 1),
-    "p16x64s5h": ((128,), _cfg(16, 64, 8, 5), 1),
     "p64x32s5x2": ((128,), _cfg(64, 32, 8, 5), 2),
     "t64x16s5": ((128,), _cfg(64, 16, 8, 5, tma=True), 1),
     "t64x32s5": ((128,), _cfg(64, 32, 8, 5, tma=True), 1),
@@ -73,9 +73,10 @@ VARIANTS = {
 
 
 def num_splits(batch, heads, ctx, sms, mult):
+    """The library's split policy scaled by `mult` (the sweep tries 1/2 and 2x; up to 128)."""
     from ds_plugin.kernels.mla_decode import mla_decode_num_splits
 
-    return max(1, min(64, mla_decode_num_splits(batch, heads, ctx, sms) * mult))
+    return max(1, min(128, ctx // 128, round(mla_decode_num_splits(batch, heads, ctx, sms) * mult)))
 
 
 # ---------------------------------------------------------------- correctness (worker processes)
@@ -140,60 +141,6 @@ def ref_gather_max(cache, k_scale):
     return finite.abs().max().item() * (k_scale.item() if k_scale is not None else 1.0)
 
 
-# ---------------------------------------------------------------- timing
-
-def time_graph(fn, replays=20) -> float:
-    """Median ms of one `fn()` from CUDA-graph replays (eager if capture fails)."""
-    fn()
-    torch.cuda.synchronize()
-    try:
-        g = torch.cuda.CUDAGraph()
-        s = torch.cuda.Stream()
-        with torch.cuda.stream(s):
-            fn()
-            with torch.cuda.graph(g, stream=s):
-                fn()
-        run = g.replay
-    except Exception:  # noqa: BLE001 - FlashInfer paths may refuse capture
-        torch.cuda.synchronize()
-        run = fn
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
-
-
-def flashinfer_runner(backend, q, ckv, kpe, tables, seq, heads):
-    """FlashInfer's MLA decode over the same pages (its cache split into ckv / kpe tensors)."""
-    import flashinfer
-
-    ws = torch.empty(128 * 1024 * 1024, dtype=torch.int8, device="cuda")
-    batch = q.shape[0]
-    qn, qp = q[:, 0, :, :RANK].contiguous(), q[:, 0, :, RANK:].contiguous()
-    wrappers = []
-    for t in tables:
-        w = flashinfer.mla.BatchMLAPagedAttentionWrapper(ws, backend=backend)
-        pages = t.shape[1]
-        w.plan(qo_indptr=torch.arange(batch + 1, dtype=torch.int32, device="cuda"),
-               kv_indptr=torch.arange(batch + 1, dtype=torch.int32, device="cuda") * pages,
-               kv_indices=t.reshape(-1).contiguous(), kv_len_arr=seq, num_heads=heads,
-               head_dim_ckv=RANK, head_dim_kpe=ROPE, page_size=PAGE, causal=False,
-               sm_scale=DIM**-0.5, q_data_type=q.dtype, kv_data_type=cache.dtype)
-        wrappers.append(w)
-    out = torch.empty(batch, heads, RANK, dtype=q.dtype, device="cuda")
-
-    def run():
-        for w in wrappers:
-            w.run(qn, qp, ckv, kpe, out=out)
-    return run, out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="batch {1, 128} x context {32k} only")
@@ -226,14 +173,8 @@ def main() -> None:
         if msg == "ok":
             ok.add((name, heads, kv))
 
-    fi = []
-    if not args.no_flashinfer:
-        try:
-            import flashinfer  # noqa: F401
-
-            fi = ["fa3", "fa2"]
-        except Exception as e:  # noqa: BLE001
-            print(f"# flashinfer not importable: {type(e).__name__}: {e}")
+    fi, why = ([], "--no-flashinfer") if args.no_flashinfer else flashinfer_backends()
+    print(f"# FlashInfer: {', '.join(fi) if fi else 'not timed (' + why + ')'}")
 
     from ds_plugin.kernels.mla_decode import mla_decode
 
@@ -266,7 +207,7 @@ def main() -> None:
                     q = torch.randn(batch, 1, heads, DIM, dtype=torch.bfloat16, device="cuda")
                     out = torch.empty(batch, 1, heads, RANK, dtype=torch.bfloat16, device="cuda")
                     lse = torch.empty(batch, 1, heads, device="cuda")
-                    ws = torch.empty(batch * heads * 64 * (RANK + 1), device="cuda")
+                    ws = torch.empty(batch * heads * 128 * (RANK + 1), device="cuda")
                     cells, best = [], (float("inf"), "-")
                     for n in vnames:
                         if (n, heads, kv) not in ok:
