@@ -48,12 +48,27 @@ def _e4m3_pair_to_f16x2(w):
 
 
 @triton.jit
+def _e4m3x4_to_f16(w):
+    """int32 words of four e4m3 codes -> four fp16 tensors (bytes 0..3), by the hardware pair
+    converter (sm_89+): two instructions a word. GPU only (the interpreter runs no PTX)."""
+    return tl.inline_asm_elementwise(
+        asm="{ .reg .b16 lo, hi; .reg .b32 a, b; mov.b32 {lo, hi}, $4; "
+            "cvt.rn.f16x2.e4m3x2 a, lo; cvt.rn.f16x2.e4m3x2 b, hi; "
+            "mov.b32 {$0, $1}, a; mov.b32 {$2, $3}, b; }",
+        constraints="=h,=h,=h,=h,r", args=[w],
+        dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=1)
+
+
+@triton.jit
 def _convert_tile(x, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr, BLOCK_N: tl.constexpr):
     """A loaded cache tile -> the MMA operand. FP8_CVT 0: as stored (bf16, or e4m3 upcast by the
     caller). 1: e4m3 bytes converted with integer ops (Triton 3.6 still moves the bytes to the MMA
-    layout one by one). 2: int32 words of four e4m3 codes converted in registers and interleaved
-    back to column order."""
-    if FP8_CVT == 1:
+    layout one by one). 2 / 4: int32 words of four e4m3 codes converted in registers (integer ops /
+    hardware converter) and interleaved back to column order."""
+    if FP8_CVT == 4:
+        c0, c1, c2, c3 = _e4m3x4_to_f16(x)
+        x = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [BLOCK_N, WIDTH])
+    elif FP8_CVT == 1:
         b = x.to(tl.uint8, bitcast=True).to(tl.uint16)
         x = (((b & 0x7F) << 7) | ((b & 0x80) << 8)).to(tl.float16, bitcast=True)
     elif FP8_CVT == 2:
@@ -125,7 +140,7 @@ def _mla_decode_part_kernel(
     offs_c = tl.arange(0, RANK)
     offs_r = tl.arange(0, ROPE)
     # Words mode addresses the cache in int32 units (4 codes a word).
-    WORD: tl.constexpr = 4 if FP8_CVT == 2 else 1
+    WORD: tl.constexpr = 4 if FP8_CVT == 2 or FP8_CVT == 4 else 1
     offs_kc = tl.arange(0, RANK // WORD)
     offs_kr = RANK // WORD + tl.arange(0, ROPE // WORD)
     q_row = Q + b.to(tl.int64) * stride_q_b + rows[:, None] * stride_q_r
@@ -146,7 +161,7 @@ def _mla_decode_part_kernel(
     v_scale = 1.0
     if FP8:
         v_scale = tl.load(KSCALE)
-        if FP8_CVT != 0:
+        if FP8_CVT == 1 or FP8_CVT == 2:
             v_scale = v_scale * 256.0  # the integer convert yields value * 2^-8
         qk_scale = qk_scale * v_scale
 
@@ -154,7 +169,7 @@ def _mla_decode_part_kernel(
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, RANK], tl.float32)
     bt_row = BT + b.to(tl.int64) * stride_bt_b
-    if FP8_CVT == 2:
+    if FP8_CVT == 2 or FP8_CVT == 4:
         # Words mode: the e4m3 cache read as int32 (4 codes a word); strides arrive in bytes.
         KV = KV.to(tl.pointer_type(tl.int32), bitcast=True)
         stride_kv_blk = stride_kv_blk // 4
@@ -165,7 +180,7 @@ def _mla_decode_part_kernel(
         # page slice, no masks (whole tiles lie inside the sequence); the last partial tile, whose
         # page rows past the sequence may hold anything, goes through the masked loads below.
         n_blocks = num_blocks
-        if FP8_CVT == 2:
+        if WORD == 4:
             desc_c = tl.make_tensor_descriptor(KV, [n_blocks, PAGE, (RANK + ROPE) // 4],
                                                [stride_kv_blk, stride_kv_tok, 1], [1, BLOCK_N, RANK // 4])
             desc_r = tl.make_tensor_descriptor(KV + RANK // 4, [n_blocks, PAGE, ROPE // 4],
@@ -262,9 +277,11 @@ _CONFIGS = [
     triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=5),
     triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=5),
 ]
-# How an e4m3 tile becomes the MMA's fp16 operand (see _load_tile): 2 = int32 words converted in
-# registers (pipelined cp.async, no byte-wise shared-memory traffic); 0 = Triton's own cast.
-FP8_CVT_DEFAULT = 2
+# How an e4m3 tile becomes the MMA's fp16 operand (see _convert_tile). Both word modes load int32
+# words by pipelined cp.async and convert in registers (no byte-wise shared-memory traffic): 4 by
+# the hardware converter (inline PTX, so not under the interpreter), 2 by integer ops (~1.5x the
+# instructions of 4 on sm_90). 0 = Triton's cast, which re-reads shared memory byte by byte.
+FP8_CVT_DEFAULT = 4
 
 
 def _prune(configs, named_args, **kwargs):
@@ -366,8 +383,10 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
         op_strides, lp_strides = op.stride()[:3], lp.stride()[:2]
     config = config or {}
     fp8_cvt = config.get("FP8_CVT", FP8_CVT_DEFAULT) if fp8 else 0
-    if fp8_cvt == 2 and (kv_cache.stride(0) % 4 or kv_cache.stride(1) % 4 or rope < 4):
-        fp8_cvt = 0  # words mode reads 4-byte aligned rows
+    if fp8_cvt == 4 and _interpreting():
+        fp8_cvt = 2  # same words, converted without PTX
+    if fp8_cvt in (2, 4) and (kv_cache.stride(0) % 4 or kv_cache.stride(1) % 4 or rope < 4):
+        fp8_cvt = 0  # words modes read 4-byte aligned rows
     tma = bool(config.get("TMA", False))
     if tma and (kv_cache.data_ptr() % 16 or (kv_cache.stride(1) * kv_cache.element_size()) % 16
                 or kv_cache.shape[1] % config["BLOCK_N"]):
