@@ -394,7 +394,8 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     args = (q, kv_cache, block_table, seq_lens, k_scale if fp8 else lse, op, lp, o2, lse2,
             float(scale * LOG2E), q.stride(0), q.stride(2), kv_cache.stride(0), kv_cache.stride(1),
             block_table.stride(0), *op_strides, *lp_strides, o2.stride(0), o2.stride(1),
-            lse2.stride(0), num_splits, _work_hint(batch * num_splits), kv_cache.shape[0])
+            lse2.stride(0), num_splits, _work_hint(batch * num_splits),
+            kv_cache.shape[0] if tma else 0)  # only TMA reads it: no extra specialisations
     meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
                 PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting(),
                 PAGED_TILE=config.get("PAGED_TILE", True), FP8_CVT=fp8_cvt, TMA=tma)
