@@ -13,9 +13,9 @@ pieces. The piece length is computed on the device from each sequence's own leng
 graph captured once replays for other lengths. With one split the first kernel writes the final
 output directly.
 
-FP8 e4m3 cache: rows are upcast to fp16 in registers (the query too), and the per-tensor
-`k_scale` is applied to the scores and to the output (the value is the same latent, so the same
-scale).
+FP8 e4m3 cache: rows are upcast to fp16 in registers (the query too; the ways a tile can be
+converted are in mla_tiles.py), and the per-tensor `k_scale` is applied to the scores and to the
+output (the value is the same latent, so the same scale).
 """
 
 from __future__ import annotations
@@ -28,86 +28,10 @@ import triton
 import triton.language as tl
 
 from ds_plugin.kernels.mla_kv_cache import as_fp8_cache
+from ds_plugin.kernels.mla_tiles import attend, convert_tile, load_tile
 
 LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 256
-
-
-@triton.jit
-def _e4m3_pair_to_f16x2(w):
-    """Two e4m3 codes (bits 0-7 and 8-15 of int32 `w`) -> two fp16 holding each value * 2^-8.
-
-    e4m3 (bias 7) placed in fp16's exponent/mantissa fields (bias 15) reads as the same value
-    times 2^-8, subnormals included, so the convert is exact integer work in registers; the
-    2^8 goes into the scale. The codes the cache writer emits never include e4m3's NaN.
-    """
-    pair = ((w & 0x7F) << 7) | ((w & 0x80) << 8) | ((w & 0x7F00) << 15) | ((w & 0x8000) << 16)
-    lo = (pair & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
-    hi = ((pair >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
-    return lo, hi
-
-
-@triton.jit
-def _e4m3x4_to_f16(w):
-    """int32 words of four e4m3 codes -> four fp16 tensors (bytes 0..3), by the hardware pair
-    converter (sm_89+): two instructions a word. GPU only (the interpreter runs no PTX)."""
-    return tl.inline_asm_elementwise(
-        asm="{ .reg .b16 lo, hi; .reg .b32 a, b; mov.b32 {lo, hi}, $4; "
-            "cvt.rn.f16x2.e4m3x2 a, lo; cvt.rn.f16x2.e4m3x2 b, hi; "
-            "mov.b32 {$0, $1}, a; mov.b32 {$2, $3}, b; }",
-        constraints="=h,=h,=h,=h,r", args=[w],
-        dtype=(tl.float16, tl.float16, tl.float16, tl.float16), is_pure=True, pack=1)
-
-
-@triton.jit
-def _convert_tile(x, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A loaded cache tile -> the MMA operand. FP8_CVT 0: as stored (bf16, or e4m3 upcast by the
-    caller). 1: e4m3 bytes converted with integer ops (Triton 3.6 still moves the bytes to the MMA
-    layout one by one). 2 / 4: int32 words of four e4m3 codes converted in registers (integer ops /
-    hardware converter) and interleaved back to column order."""
-    if FP8_CVT == 4:
-        c0, c1, c2, c3 = _e4m3x4_to_f16(x)
-        x = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [BLOCK_N, WIDTH])
-    elif FP8_CVT == 1:
-        b = x.to(tl.uint8, bitcast=True).to(tl.uint16)
-        x = (((b & 0x7F) << 7) | ((b & 0x80) << 8)).to(tl.float16, bitcast=True)
-    elif FP8_CVT == 2:
-        w = x.to(tl.uint32, bitcast=True)
-        c0, c1 = _e4m3_pair_to_f16x2(w)
-        c2, c3 = _e4m3_pair_to_f16x2(w >> 16)
-        x = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), [BLOCK_N, WIDTH])
-    return x
-
-
-@triton.jit
-def _load_tile(kv_row, offs, n_ok, FP8_CVT: tl.constexpr, WIDTH: tl.constexpr,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
-    """A [BLOCK_N, WIDTH] operand from cache rows at `kv_row` (+ column offsets `offs`, in words
-    for FP8_CVT 2, where `kv_row` is an int32 pointer)."""
-    if MASKED:
-        x = tl.load(kv_row[:, None] + offs[None, :], mask=n_ok[:, None], other=0.0)
-    else:
-        x = tl.load(kv_row[:, None] + offs[None, :])
-    return _convert_tile(x, FP8_CVT, WIDTH, BLOCK_N)
-
-
-@triton.jit
-def _attend(q_c, q_r, k_c, k_r, n, row_end, qk_scale, m, l, acc, FP8: tl.constexpr, OUT_TY: tl.constexpr):
-    """One key tile of the online softmax: returns the updated (row max, row sum, accumulator)."""
-    s = tl.dot(q_r, tl.trans(k_r), tl.dot(q_c, tl.trans(k_c)))
-    s = tl.where(n[None, :] < row_end[:, None], s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, 1))
-    # A row that has seen no visible key yet keeps m = -inf; shift by 0 to avoid inf - inf.
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    l = l * alpha + tl.sum(p, 1)
-    if FP8:
-        p_mm = p.to(k_c.dtype)
-    else:
-        p_mm = p.to(OUT_TY).to(k_c.dtype)
-    acc = acc * alpha[:, None] + tl.dot(p_mm, k_c)
-    return m_new, l, acc
 
 
 @triton.jit
@@ -139,7 +63,7 @@ def _mla_decode_part_kernel(
 
     offs_c = tl.arange(0, RANK)
     offs_r = tl.arange(0, ROPE)
-    # Words mode addresses the cache in int32 units (4 codes a word).
+    # Word modes (mla_tiles) address the cache in int32 units (4 codes a word).
     WORD: tl.constexpr = 4 if FP8_CVT == 2 or FP8_CVT == 4 else 1
     offs_kc = tl.arange(0, RANK // WORD)
     offs_kr = RANK // WORD + tl.arange(0, ROPE // WORD)
@@ -161,7 +85,7 @@ def _mla_decode_part_kernel(
     v_scale = 1.0
     if FP8:
         v_scale = tl.load(KSCALE)
-        if FP8_CVT == 1 or FP8_CVT == 2:
+        if FP8_CVT == 2:
             v_scale = v_scale * 256.0  # the integer convert yields value * 2^-8
         qk_scale = qk_scale * v_scale
 
@@ -169,8 +93,8 @@ def _mla_decode_part_kernel(
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, RANK], tl.float32)
     bt_row = BT + b.to(tl.int64) * stride_bt_b
-    if FP8_CVT == 2 or FP8_CVT == 4:
-        # Words mode: the e4m3 cache read as int32 (4 codes a word); strides arrive in bytes.
+    if WORD == 4:
+        # Word modes: the e4m3 cache read as int32 (4 codes a word); strides arrive in bytes.
         KV = KV.to(tl.pointer_type(tl.int32), bitcast=True)
         stride_kv_blk = stride_kv_blk // 4
         stride_kv_tok = stride_kv_tok // 4
@@ -195,13 +119,13 @@ def _mla_decode_part_kernel(
             page = tl.load(bt_row + n0 // PAGE)
             x_c = desc_c.load([page, n0 % PAGE, 0]).reshape(BLOCK_N, RANK // WORD)
             x_r = desc_r.load([page, n0 % PAGE, 0]).reshape(BLOCK_N, ROPE // WORD)
-            k_c = _convert_tile(x_c, FP8_CVT, RANK, BLOCK_N)
-            k_r = _convert_tile(x_r, FP8_CVT, ROPE, BLOCK_N)
+            k_c = convert_tile(x_c, FP8_CVT, RANK, BLOCK_N)
+            k_r = convert_tile(x_r, FP8_CVT, ROPE, BLOCK_N)
             if DOT_F32 or (FP8 and FP8_CVT == 0):
                 k_c = k_c.to(q_c.dtype)
                 k_r = k_r.to(q_c.dtype)
-            m, l, acc = _attend(q_c, q_r, k_c, k_r, n0 + tl.arange(0, BLOCK_N), row_end, qk_scale,
-                                m, l, acc, FP8, O.dtype.element_ty)
+            m, l, acc = attend(q_c, q_r, k_c, k_r, n0 + tl.arange(0, BLOCK_N), row_end, qk_scale,
+                               m, l, acc, FP8, O.dtype.element_ty)
     for n0 in range(tail, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < end
@@ -213,13 +137,13 @@ def _mla_decode_part_kernel(
         else:
             page = tl.load(bt_row + n // PAGE, mask=n_ok, other=0).to(tl.int64)
             kv_row = KV + page * stride_kv_blk + (n % PAGE) * stride_kv_tok
-        k_c = _load_tile(kv_row, offs_kc, n_ok, FP8_CVT, RANK, BLOCK_N, True)
-        k_r = _load_tile(kv_row, offs_kr, n_ok, FP8_CVT, ROPE, BLOCK_N, True)
+        k_c = load_tile(kv_row, offs_kc, n_ok, FP8_CVT, RANK, BLOCK_N)
+        k_r = load_tile(kv_row, offs_kr, n_ok, FP8_CVT, ROPE, BLOCK_N)
         if DOT_F32 or (FP8 and FP8_CVT == 0):
             k_c = k_c.to(q_c.dtype)
             k_r = k_r.to(q_c.dtype)
-        m, l, acc = _attend(q_c, q_r, k_c, k_r, n, row_end, qk_scale, m, l, acc, FP8,
-                            O.dtype.element_ty)
+        m, l, acc = attend(q_c, q_r, k_c, k_r, n, row_end, qk_scale, m, l, acc, FP8,
+                           O.dtype.element_ty)
 
     empty = l == 0.0
     out = acc / tl.where(empty, 1.0, l)[:, None]
@@ -263,25 +187,29 @@ def _mla_decode_merge_kernel(OP, LP, O, LSE, num_splits,
     tl.store(LSE + b.to(tl.int64) * stride_lse_b + r, lse2 * 0.6931471805599453)
 
 
-# Small on purpose: every config compiles on first use, and that time is spent on the GPU. Chosen
-# from ptxas reports for sm_90 with Triton 3.6 (no device needed; benchmarks/sweep_mla_decode.py
-# --ptxas prints them): the block-table load ahead of each tile costs the software pipeline one
-# stage, so num_stages=5 is what buys a second tile buffer (load of tile i+1 overlapping the math
-# of tile i); at 2-4 stages the tile is single-buffered and every load latency is exposed.
-# 16- and 32-row blocks use mma.sync; 64-row blocks get Hopper's warpgroup MMA.
-_CONFIGS = [
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=8, num_stages=5),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 64}, num_warps=8, num_stages=5),
-    triton.Config({"BLOCK_H": 16, "BLOCK_N": 32}, num_warps=4, num_stages=5),
-    triton.Config({"BLOCK_H": 32, "BLOCK_N": 32}, num_warps=8, num_stages=5),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 16}, num_warps=8, num_stages=5),
-    triton.Config({"BLOCK_H": 64, "BLOCK_N": 32}, num_warps=8, num_stages=5),
+def _config(block_h, block_n, stages, paged=True, cvt=0):
+    return triton.Config({"BLOCK_H": block_h, "BLOCK_N": block_n, "PAGED_TILE": paged, "FP8_CVT": cvt},
+                         num_warps=8, num_stages=stages)
+
+
+# The autotune spaces: the configs that won a grid point of the H200 sweep of 2026-12-02 (16/128
+# heads x batch 1/32/128 x 4k/32k, benchmarks/README.md, MLA), nothing else, since every config
+# compiles on first use. None spills (benchmarks/results/2026-12-02-sm90-mla_decode-ptxas.txt)
+# except the 64-row fp8 one, whose spill-free alternatives were slower. 16-row blocks use
+# mma.sync, 64-row blocks Hopper's warpgroup MMA. The faster 128-head variant (TMA loads, 9% at
+# batch >= 32) is opt-in through `config`: its device-side descriptors need a process-wide
+# `triton.set_allocator` hook.
+_BF16_CONFIGS = [
+    _config(16, 64, 5),  # one block-table load per tile, two tile buffers: batch 1, 128 x 32k
+    _config(16, 64, 2),  # the same single-buffered: batch 32 (as fast at 128 x 32k)
+    _config(64, 32, 5),  # 128 heads from batch 1 x 32k up (batch 1 x 4k keeps 16-row blocks)
 ]
-# How an e4m3 tile becomes the MMA's fp16 operand (see _convert_tile). Both word modes load int32
-# words by pipelined cp.async and convert in registers (no byte-wise shared-memory traffic): 4 by
-# the hardware converter (inline PTX, so not under the interpreter), 2 by integer ops (~1.5x the
-# instructions of 4 on sm_90). 0 = Triton's cast, which re-reads shared memory byte by byte.
-FP8_CVT_DEFAULT = 4
+_FP8_CONFIGS = [  # Triton's e4m3 cast, one block-table load per row: the fastest fp8 measured
+    _config(16, 64, 2, paged=False),
+    _config(64, 32, 2, paged=False),  # 128 heads (spills 232 bytes of stack)
+]
+# Tile paths of a `config` that names none: those of the autotune spaces.
+_DEFAULT_PATH = {False: dict(PAGED_TILE=True, FP8_CVT=0), True: dict(PAGED_TILE=False, FP8_CVT=0)}
 
 
 def _prune(configs, named_args, **kwargs):
@@ -291,9 +219,14 @@ def _prune(configs, named_args, **kwargs):
     return fit or configs[:1]
 
 
-_mla_decode_part_tuned = triton.autotune(
-    configs=_CONFIGS, key=["ROWS", "RANK", "PAGE", "FP8", "FP8_CVT", "DIRECT", "work_hint"],
-    prune_configs_by={"early_config_prune": _prune})(_mla_decode_part_kernel)
+def _tuned(configs):
+    return triton.autotune(configs=configs, key=["ROWS", "RANK", "PAGE", "DIRECT", "work_hint"],
+                           prune_configs_by={"early_config_prune": _prune})(_mla_decode_part_kernel)
+
+
+# One autotuner per cache dtype, each over its own space (FP8 is a constexpr of the kernel).
+_mla_decode_part_bf16 = _tuned(_BF16_CONFIGS)
+_mla_decode_part_fp8 = _tuned(_FP8_CONFIGS)
 
 
 def _interpreting() -> bool:
@@ -336,8 +269,8 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
     tokens including the s_q new ones). Returns out [B, s_q, H, rank] in q's dtype and lse
     [B, s_q, H] fp32 (natural log; -inf and out = 0 for a row that sees no key).
     `workspace`, if given, is fp32 with at least B * s_q * H * num_splits * (rank + 1) elements.
-    `config` ({"BLOCK_H", "BLOCK_N", "num_warps", "num_stages"}, optionally "PAGED_TILE",
-    "FP8_CVT" and "TMA", see the kernel) bypasses autotuning (the interpreter uses it). TMA builds
+    `config` ({"BLOCK_H", "BLOCK_N"}, optionally "num_warps", "num_stages", "PAGED_TILE",
+    "FP8_CVT" (mla_tiles) and "TMA") bypasses autotuning (the interpreter uses it). TMA builds
     tensor descriptors on the device, which needs `triton.set_allocator` (benchmarks only).
     """
     kv_cache = as_fp8_cache(kv_cache)
@@ -381,13 +314,17 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
         op = workspace[:split].view(batch, rows, num_splits, kv_lora_rank)
         lp = workspace[split:split + batch * rows * num_splits].view(batch, rows, num_splits)
         op_strides, lp_strides = op.stride()[:3], lp.stride()[:2]
-    config = config or {}
-    fp8_cvt = config.get("FP8_CVT", FP8_CVT_DEFAULT) if fp8 else 0
+    tuned = config is None
+    # A fixed config's unnamed tile paths are the autotune spaces' for this cache dtype.
+    config = {**_DEFAULT_PATH[fp8], **(config or {})}
+    fp8_cvt = config["FP8_CVT"] if fp8 else 0
     if fp8_cvt == 4 and _interpreting():
         fp8_cvt = 2  # same words, converted without PTX
     if fp8_cvt in (2, 4) and (kv_cache.stride(0) % 4 or kv_cache.stride(1) % 4 or rope < 4):
-        fp8_cvt = 0  # words modes read 4-byte aligned rows
+        fp8_cvt = 0  # word modes read 4-byte aligned rows
     tma = bool(config.get("TMA", False))
+    if tma and fp8 and fp8_cvt == 0:
+        raise ValueError("config TMA on an fp8 cache needs a word mode (FP8_CVT 2 or 4)")
     if tma and (kv_cache.data_ptr() % 16 or (kv_cache.stride(1) * kv_cache.element_size()) % 16
                 or kv_cache.shape[1] % config["BLOCK_N"]):
         raise ValueError("config TMA: the cache needs 16-byte aligned rows and pages a multiple of BLOCK_N")
@@ -397,15 +334,17 @@ def mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_table: torch.Tenso
             lse2.stride(0), num_splits, _work_hint(batch * num_splits),
             kv_cache.shape[0] if tma else 0)  # only TMA reads it: no extra specialisations
     meta = dict(ROWS=rows, HEADS=heads, S_Q=s_q, RANK=kv_lora_rank, ROPE=rope,
-                PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting(),
-                PAGED_TILE=config.get("PAGED_TILE", True), FP8_CVT=fp8_cvt, TMA=tma)
-    if "BLOCK_H" not in config:
+                PAGE=kv_cache.shape[1], FP8=fp8, DIRECT=direct, DOT_F32=_interpreting())
+    if tuned:  # the autotune configs carry PAGED_TILE and FP8_CVT themselves
         grid = lambda m: (triton.cdiv(rows, m["BLOCK_H"]), batch, num_splits)  # noqa: E731
-        _mla_decode_part_tuned[grid](*args, **meta)
+        (_mla_decode_part_fp8 if fp8 else _mla_decode_part_bf16)[grid](*args, **meta)
     else:
+        if "BLOCK_H" not in config or "BLOCK_N" not in config:
+            raise ValueError(f"config needs BLOCK_H and BLOCK_N, got {sorted(config)}")
         grid = (triton.cdiv(rows, config["BLOCK_H"]), batch, num_splits)
         _mla_decode_part_kernel[grid](*args, **meta, BLOCK_H=config["BLOCK_H"],
-                                      BLOCK_N=config["BLOCK_N"], num_warps=config.get("num_warps", 4),
+                                      BLOCK_N=config["BLOCK_N"], PAGED_TILE=config["PAGED_TILE"],
+                                      FP8_CVT=fp8_cvt, TMA=tma, num_warps=config.get("num_warps", 4),
                                       num_stages=config.get("num_stages", 2))
     if not direct:
         _mla_decode_merge_kernel[(batch, rows)](

@@ -3,10 +3,10 @@
 For each public entry point of `ds_plugin.kernels`: `torch.compile(fullgraph=True)` (Inductor
 lowers the user-defined Triton kernels itself) gives 0 graph breaks and an output bitwise equal
 to eager; then the compiled call is captured in a `torch.cuda.CUDAGraph` and the replay is
-bitwise equal too. Shapes are small but real (DeepSeek-V3 widths where the kernel specialises on
-them). `mla_decode` is compiled both with a fixed config (bitwise vs eager: the same kernel) and
-autotuned (Inductor autotunes on its own, so its pick may differ from eager's: compared within
-the kernel tests' bf16 tolerance).
+bitwise equal too. One shape per entry point (each compile costs GPU time), small but real
+(DeepSeek-V3 widths where the kernel specialises on them). `mla_decode` is compiled both with a
+fixed config (bitwise vs eager: the same kernel) and autotuned (Inductor autotunes on its own, so
+its pick may differ from eager's: compared within the kernel tests' bf16 tolerance).
 """
 
 import pytest
@@ -73,7 +73,6 @@ def _check(fn, args):
 def test_fp8_act_quant():
     x = torch.randn(5, 7168, device="cuda", dtype=torch.bfloat16)
     _check(lambda x: fp8_act_quant(x), (x,))
-    _check(lambda x: fp8_act_quant(x, ue8m0=True), (x,))
 
 
 def test_fp8_silu_mul_quant():
@@ -81,11 +80,11 @@ def test_fp8_silu_mul_quant():
     _check(lambda x: fp8_silu_mul_quant(x), (x,))
 
 
-@pytest.mark.parametrize("m", [1, 64, 300])  # split-K (small M) and plain tiles
-def test_fp8_block_gemm_nt(m):
-    g = torch.Generator(device="cuda").manual_seed(m)
+def test_fp8_block_gemm_nt():
+    # Decode-sized M: the split-K path, so both of its kernels (GEMM and the split sum).
+    g = torch.Generator(device="cuda").manual_seed(1)
     w, w_s = random_fp8_weight((2112, 7168), "cuda", g)
-    x = torch.randn(m, 7168, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(1, 7168, device="cuda", dtype=torch.bfloat16)
 
     def step(x, w, w_s):
         a, a_s = fp8_act_quant(x)
@@ -123,14 +122,14 @@ def test_fp8_fused_moe():
     _check(lambda *a: fp8_fused_moe(*a), args)
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_mla_kv_cache_write(fp8):
+def test_mla_kv_cache_write():
+    # The fp8 cache (vLLM's uint8 storage): the quantising write, a superset of the bf16 copy.
     g = torch.Generator(device="cuda").manual_seed(1)
     kv_c = torch.randn(5, 512, device="cuda", dtype=torch.bfloat16, generator=g)
     k_pe = torch.randn(5, 1, 64, device="cuda", dtype=torch.bfloat16, generator=g)
-    cache = torch.zeros(4, 64, 576, device="cuda", dtype=torch.uint8 if fp8 else torch.bfloat16)
+    cache = torch.zeros(4, 64, 576, device="cuda", dtype=torch.uint8)
     slots = torch.tensor([3, 70, -1, 255, 128], device="cuda")
-    scale = torch.tensor([0.05], device="cuda") if fp8 else None
+    scale = torch.tensor([0.05], device="cuda")
 
     def step(kv_c, k_pe, cache, slots):
         mla_kv_cache_write(kv_c, k_pe, cache, slots, scale)
@@ -152,21 +151,23 @@ def _mla_inputs(fp8, heads=16, seq_lens=(1, 300, 1000)):
     return q, cache, table, seq, k_scale
 
 
-@pytest.mark.parametrize("splits", [1, 4])
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_mla_decode_fixed_config(fp8, splits):
-    q, cache, table, seq, k_scale = _mla_inputs(fp8)
-    cfg = {"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 8, "num_stages": 5}
+def test_mla_decode_fixed_config():
+    # The fp8 tile path of the benchmark's opt-in column (int32 words, inline-PTX converter),
+    # split so that the merge kernel runs too.
+    q, cache, table, seq, k_scale = _mla_inputs(True)
+    cfg = {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 5, "FP8_CVT": 4}
 
     def step(q, cache, table, seq):
         # A Python-float scale: Inductor once typed it fp64 and the softmax loop failed to build.
-        return mla_decode(q, cache, table, seq, 576**-0.5, 512, k_scale=k_scale, num_splits=splits,
+        return mla_decode(q, cache, table, seq, 576**-0.5, 512, k_scale=k_scale, num_splits=4,
                           config=cfg)
     _check(step, (q, cache, table, seq))
 
 
-def test_mla_decode_autotuned():
-    q, cache, table, seq, k_scale = _mla_inputs(True)
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_mla_decode_autotuned(fp8):
+    # What vLLM runs: the autotune space of each cache dtype.
+    q, cache, table, seq, k_scale = _mla_inputs(fp8)
 
     def step(q, cache, table, seq):
         return mla_decode(q, cache, table, seq, 576**-0.5, 512, k_scale=k_scale, num_splits=2)
