@@ -196,9 +196,9 @@ def _config(block_h, block_n, stages, paged=True, cvt=0):
 # heads x batch 1/32/128 x 4k/32k, benchmarks/README.md, MLA), nothing else, since every config
 # compiles on first use. None spills (benchmarks/results/2026-12-02-sm90-mla_decode-ptxas.txt)
 # except the 64-row fp8 one, whose spill-free alternatives were slower. 16-row blocks use
-# mma.sync, 64-row blocks Hopper's warpgroup MMA. The faster 128-head variant (TMA loads, 9% at
-# batch >= 32) is opt-in through `config`: its device-side descriptors need a process-wide
-# `triton.set_allocator` hook.
+# mma.sync, 64-row blocks Hopper's warpgroup MMA. The faster 128-head variant (TMA loads, 2-10%
+# at batch >= 32) is opt-in through `config`: its device-side descriptors need a process-wide
+# `triton.set_allocator` hook. So is the e4m3 word path with the PTX converter (mla_tiles), untimed.
 _BF16_CONFIGS = [
     _config(16, 64, 5),  # one block-table load per tile, two tile buffers: batch 1, 128 x 32k
     _config(16, 64, 2),  # the same single-buffered: batch 32 (as fast at 128 x 32k)
