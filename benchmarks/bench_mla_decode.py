@@ -36,8 +36,9 @@ from _mla_common import (BYTES_MODEL, DIM, PAGE, RANK, ceilings, flashinfer_back
 
 # Opt-in variants timed beside the default: name -> ({heads: config}, cache dtypes).
 VARIANTS = {
-    "ptx": ({16: {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 5, "FP8_CVT": 4},
-             128: {"BLOCK_H": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 5, "FP8_CVT": 4}}, ("fp8",)),
+    "ptx": ({16: {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 5, "PAGED_TILE": True, "FP8_CVT": 4},
+             128: {"BLOCK_H": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 5, "PAGED_TILE": True,
+                   "FP8_CVT": 4}}, ("fp8",)),
     "tma": ({128: {"BLOCK_H": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 5, "TMA": True}}, ("bf16",)),
 }
 # Batch-1 latency of the kernel before issue 15 (benchmarks/README.md, H200 2026-11-29, c803ba7).

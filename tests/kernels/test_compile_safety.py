@@ -155,7 +155,7 @@ def test_mla_decode_fixed_config():
     # The fp8 tile path of the benchmark's opt-in column (int32 words, inline-PTX converter),
     # split so that the merge kernel runs too.
     q, cache, table, seq, k_scale = _mla_inputs(True)
-    cfg = {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 5, "FP8_CVT": 4}
+    cfg = {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 5, "PAGED_TILE": True, "FP8_CVT": 4}
 
     def step(q, cache, table, seq):
         # A Python-float scale: Inductor once typed it fp64 and the softmax loop failed to build.
