@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 # name -> (default, what it does)
 ENV_VARS: dict[str, tuple[str, str]] = {
     "DS_PLUGIN_CPU_MLA": ("0", "1: ds-plugin's MLA backend replaces vLLM's CPU_MLA (pass "
-                               "--attention-backend CPU_MLA); it then runs the fp32 torch path"),
+                               "--attention-backend CPU_MLA); its decode is the torch adapter "
+                               "(Triton under DS_PLUGIN_TRITON_ON_CPU=1)"),
     "DS_PLUGIN_MLA_KERNEL": ("", "the MLA decode adapter of ds-plugin's backend: triton, torch, "
                                  "flashinfer-fa3, flashinfer-fa2, flashinfer-trtllm-gen, "
                                  "flashinfer-cutlass or flashmla; unset: the measured default "

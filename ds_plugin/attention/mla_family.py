@@ -135,11 +135,11 @@ class MLADecodeAdapter:
         mla_kv_cache_write(kv_c, k_pe, cache, slots, k_scale)
 
     def plan(self, block_table: torch.Tensor, seq_lens: torch.Tensor, s_q: int, *,
-             longest: int | None = None, k_scale: torch.Tensor | None = None) -> object:
+             longest: int | None = None) -> object:
         """Host-side preparation for one batch, outside CUDA graphs (None: nothing to prepare).
 
         `longest` is a host-side bound on the batch's sequence lengths when the caller has one
-        (vLLM's max_seq_len); `k_scale` the FP8 cache scale for libraries that take a float.
+        (vLLM's max_seq_len). The plan may serve any adapter instance built from the same spec.
         """
         return None
 

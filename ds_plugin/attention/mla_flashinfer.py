@@ -36,10 +36,10 @@ _FP8 = torch.float8_e4m3fn
 
 @dataclass(frozen=True)
 class FlashInferPlan:
+    owner: FlashInferDecode     # the adapter whose wrapper holds this plan
     token: int
     batch: int
     s_q: int
-    k_scale: float | None
 
 
 def csr_metadata(block_table: torch.Tensor, seq_lens: torch.Tensor, s_q: int, page: int):
@@ -72,15 +72,12 @@ class FlashInferDecode(MLADecodeAdapter):
 
     def __init__(self, spec: DecodeSpec) -> None:
         super().__init__(spec)
-        from flashinfer.mla import BatchMLAPagedAttentionWrapper, MLAPlanMetadata
-
-        self._metadata_cls = MLAPlanMetadata
-        self._workspace = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=spec.device)
-        self._wrapper = BatchMLAPagedAttentionWrapper(self._workspace, backend=self.backend)
+        self._wrapper = None        # made on the first plan: in vLLM only the builder plans
         self._tokens = itertools.count(1)
         self._planned = 0
         self._kv_type = _FP8 if spec.kv_dtype == "fp8" else spec.q_dtype
         self._q_mult = 1.0 if self.fixed_scale is None else spec.scale / self.fixed_scale
+        self._scale_key, self._scale = None, None
 
     @classmethod
     def library_refusal(cls, spec: DecodeSpec) -> str | None:
@@ -106,8 +103,14 @@ class FlashInferDecode(MLADecodeAdapter):
                                             seq_lens.to(torch.int32), max_q_len=s_q)
         return self._metadata_cls.csr(*csr_metadata(block_table, seq_lens, s_q, page))
 
-    def plan(self, block_table, seq_lens, s_q, *, longest=None, k_scale=None):
+    def plan(self, block_table, seq_lens, s_q, *, longest=None):
         spec = self.spec
+        if self._wrapper is None:
+            from flashinfer.mla import BatchMLAPagedAttentionWrapper, MLAPlanMetadata
+
+            self._metadata_cls = MLAPlanMetadata
+            workspace = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=spec.device)
+            self._wrapper = BatchMLAPagedAttentionWrapper(workspace, backend=self.backend)
         self._wrapper.plan(
             metadata=self._metadata(block_table, seq_lens, s_q), num_heads=spec.num_heads,
             head_dim_ckv=spec.kv_lora_rank, head_dim_kpe=spec.rope_dim,
@@ -116,16 +119,24 @@ class FlashInferDecode(MLADecodeAdapter):
             q_data_type=spec.q_dtype, kv_data_type=self._kv_type,
             lse_mode=self.lse_base if self.caps.returns_lse else "none")
         self._planned = next(self._tokens)
-        scale = float(k_scale) if spec.kv_dtype == "fp8" else None
-        return FlashInferPlan(self._planned, seq_lens.shape[0], s_q, scale)
+        return FlashInferPlan(self, self._planned, seq_lens.shape[0], s_q)
+
+    def _float_scale(self, k_scale: torch.Tensor) -> float:
+        # FlashInfer takes the FP8 scale as a Python float: read it once per value (a host
+        # sync only when the tensor changed; vLLM sets it at load).
+        key = (k_scale.data_ptr(), k_scale._version)
+        if key != self._scale_key:
+            self._scale_key, self._scale = key, float(k_scale)
+        return self._scale
 
     def decode(self, q, cache, block_table, seq_lens, *, plan=None, k_scale=None):
         batch, s_q, heads, dim = q.shape
         if plan is None:
-            plan = self.plan(block_table, seq_lens, s_q, k_scale=k_scale)
-        if plan.token != self._planned or (plan.batch, plan.s_q) != (batch, s_q):
+            plan = self.plan(block_table, seq_lens, s_q)
+        if plan.token != plan.owner._planned or (plan.batch, plan.s_q) != (batch, s_q):
             raise RuntimeError(f"ds-plugin MLA decode kernel {self.name!r}: run with a plan "
-                               "that is not the wrapper's current one")
+                               "that is not its wrapper's current one")
+        wrapper = plan.owner._wrapper
         rank = self.spec.kv_lora_rank
         query = q.reshape(batch * s_q, heads, dim)
         if self._q_mult != 1.0:
@@ -134,14 +145,15 @@ class FlashInferDecode(MLADecodeAdapter):
             cache = cache.view(_FP8)
         out = torch.empty(batch * s_q, heads, rank, dtype=q.dtype, device=q.device)
         scales = {}
-        if plan.k_scale is not None:
-            scales = dict(ckv_scale=plan.k_scale, kpe_scale=plan.k_scale)
+        if self.spec.kv_dtype == "fp8":
+            scale = self._float_scale(k_scale)
+            scales = dict(ckv_scale=scale, kpe_scale=scale)
         if not self.caps.returns_lse:
-            self._wrapper.run(query=query, kv_cache=cache, out=out, **scales)
+            wrapper.run(query=query, kv_cache=cache, out=out, **scales)
             return out.view(batch, s_q, heads, rank), None
         lse = torch.empty(batch * s_q, heads, dtype=torch.float32, device=q.device)
-        self._wrapper.run(query=query, kv_cache=cache, out=out, lse=lse, return_lse=True,
-                          return_lse_base_on_e=self.lse_base == "basee", **scales)
+        wrapper.run(query=query, kv_cache=cache, out=out, lse=lse, return_lse=True,
+                    return_lse_base_on_e=self.lse_base == "basee", **scales)
         if self.lse_base == "base2":
             lse = lse * math.log(2.0)
         return out.view(batch, s_q, heads, rank), lse.view(batch, s_q, heads)

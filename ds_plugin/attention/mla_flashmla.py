@@ -46,7 +46,7 @@ class FlashMLADecode(MLADecodeAdapter):
             return f"{cls.module} lacks get_mla_metadata / flash_mla_with_kvcache ({PIN})"
         return None
 
-    def plan(self, block_table, seq_lens, s_q, *, longest=None, k_scale=None):
+    def plan(self, block_table, seq_lens, s_q, *, longest=None):
         # A fresh scheduler record per batch: FlashMLA fills it on the batch's first call.
         return self._lib.get_mla_metadata()[0]
 

@@ -57,7 +57,7 @@ class TritonDecode(MLADecodeAdapter):
     def splits(self, batch: int, s_q: int, longest: int) -> int:
         return mla_decode_num_splits(batch, s_q * self.spec.num_heads, longest, self._num_sms)
 
-    def plan(self, block_table, seq_lens, s_q, *, longest=None, k_scale=None):
+    def plan(self, block_table, seq_lens, s_q, *, longest=None):
         return longest
 
     def decode(self, q, cache, block_table, seq_lens, *, plan=None, k_scale=None):

@@ -65,12 +65,12 @@ def test_our_cpu_mla_backend_matches_vllm(peaked_ckpt, tmp_path):
         log = ours.log_text()
     # The engine really ran our classes, not vLLM's CPU_MLA under the same name, and MTP
     # verification reached our decode with 1 + 2 query tokens per request.
-    assert "ds_plugin.attention.mla" in log, log[-3000:]
+    assert "ds_plugin.attention.mla_backend" in log, log[-3000:]
     assert "3 query tokens per request" in log, log[-3000:]
     with VllmServer(peaked_ckpt, args=args, env={"DS_PLUGIN_CPU_MLA": "0"},
                     log_path=tmp_path / "ref.log") as ref:
         want = _greedy(ref)
-        assert "ds_plugin.attention.mla" not in ref.log_text()
+        assert "ds_plugin.attention.mla_backend" not in ref.log_text()
     compared = 0
     for ours_steps, ref_steps in zip(got, want):
         for (tok, _), (ref_tok, gap) in zip(ours_steps, ref_steps):

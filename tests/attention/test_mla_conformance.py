@@ -121,7 +121,7 @@ def test_decode_matches_reference(name, dims, page, kv, seq_lens, s_q):
     scale = adapter.spec.scale
     # vLLM hands the FP8 cache over as uint8 storage.
     stored = cache.view(torch.uint8) if kv == "fp8" else cache
-    plan = adapter.plan(table, seq, s_q, longest=max(seq_lens), k_scale=k_scale)
+    plan = adapter.plan(table, seq, s_q, longest=max(seq_lens))
     out, lse = adapter.decode(q, stored, table, seq, plan=plan, k_scale=k_scale)
     assert out.shape == (len(seq_lens), s_q, dims["heads"], dims["rank"])
     assert out.dtype == q.dtype
