@@ -129,7 +129,7 @@ def main() -> None:
                     shape_rows, first = [], None
                     for name, ad in adapters.items():
                         try:
-                            plan = ad.plan(table, seq, 1, longest=ctx, k_scale=scale)
+                            plan = ad.plan(table, seq, 1, longest=ctx)
                             out, _ = ad.decode(q, cache, table, seq, plan=plan, k_scale=scale)
                             torch.cuda.synchronize()
                             diff = 0.0 if first is None else (out.float() - first).abs().max().item()
