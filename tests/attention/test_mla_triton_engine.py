@@ -1,0 +1,51 @@
+"""The GPU-side glue inside the real vLLM engine, on a CPU: Triton through the interpreter.
+
+Issue 9 item 4. One server on the block-FP8 tiny checkpoint with DS_PLUGIN_TRITON_ON_CPU=1 and
+TRITON_INTERPRET=1: ds-plugin's MLA backend picks its Triton adapter (latent-cache write, paged
+decode with split-KV and merge) and ds_fp8 its Triton classes (Fp8Linear, TritonFp8Experts), so
+the strides, block tables, split count, workspace and scale layouts that the GPU runs are the
+ones run here, called by the engine. The reference server runs the same checkpoint on the CPU
+paths (torch adapter, weights dequantized at load). Greedy tokens must agree up to the first
+near-tie of the reference (0.05 nats), and most steps must be decisive.
+
+The prompt is longer than 256 tokens so that the decode is cut into two splits and the merge
+kernel runs (the split count comes from the batch's longest length, as on the GPU). The
+interpreter is slow: two layers, one prompt, a few tokens.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+from tests.attention.greedy import compare_until_near_tie, greedy
+
+pytestmark = pytest.mark.engine
+
+PROMPT = ", ".join(str(i) for i in range(1, 140))
+MAX_TOKENS = 6
+NEAR_TIE = 0.05
+ARGS = [*CPU_DEFAULT_ARGS, "--attention-backend", "CPU_MLA", "--max-num-seqs", "1"]
+
+
+def test_triton_paths_in_the_engine_match_the_cpu_paths(tiny_ckpt_fp8, tmp_path):
+    start = time.monotonic()
+    env = {"DS_PLUGIN_CPU_MLA": "1", "DS_PLUGIN_TRITON_ON_CPU": "1", "TRITON_INTERPRET": "1"}
+    with VllmServer(tiny_ckpt_fp8, args=ARGS, env=env, log_path=tmp_path / "triton.log") as srv:
+        got, sizes = greedy(srv, [PROMPT], MAX_TOKENS)
+        log = srv.log_text()
+    interpreted_s = time.monotonic() - start
+    assert "decode via triton" in log, log[-3000:]
+    assert "ds_fp8: linear layers run the CUDA fp8" in log, log[-3000:]
+    assert "ds_fp8: MoE layers run the CUDA fp8 (Triton fused MoE)" in log, log[-3000:]
+    assert sizes[0] > 256, sizes  # two decode splits, so the merge kernel ran
+    with VllmServer(tiny_ckpt_fp8, args=ARGS, env={"DS_PLUGIN_CPU_MLA": "1"},
+                    log_path=tmp_path / "cpu.log") as ref:
+        want, _ = greedy(ref, [PROMPT], MAX_TOKENS)
+        ref_log = ref.log_text()
+    assert "decode via torch" in ref_log and "ds_fp8: linear layers run the CPU" in ref_log
+    compared = compare_until_near_tie(got, want, NEAR_TIE)
+    assert compared >= MAX_TOKENS // 2, (got, want)
+    print(f"interpreted server: {interpreted_s:.0f} s")
