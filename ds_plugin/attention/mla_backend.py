@@ -99,9 +99,10 @@ class DSMLAMetadataBuilder(MLACommonMetadataBuilder[DSMLAMetadata]):
 
     @classmethod
     def get_cudagraph_support(cls, vllm_config, kv_cache_spec) -> AttentionCGSupport:
-        model = vllm_config.model_config
-        spec = decode_spec(vllm_config, num_heads=model.get_num_attention_heads(
-            vllm_config.parallel_config), scale=1.0, kv_cache_dtype=vllm_config.cache_config.cache_dtype)
+        # The choice does not depend on the softmax scale; the layers' own specs carry theirs.
+        heads = vllm_config.model_config.get_num_attention_heads(vllm_config.parallel_config)
+        spec = decode_spec(vllm_config, num_heads=heads, scale=1.0,
+                           kv_cache_dtype=vllm_config.cache_config.cache_dtype)
         if choose(spec).cls.caps.cuda_graphs:
             return AttentionCGSupport.UNIFORM_BATCH
         return AttentionCGSupport.NEVER

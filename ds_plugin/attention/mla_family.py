@@ -234,7 +234,8 @@ def choose(spec: DecodeSpec) -> Choice:
         return Choice(explicit, cls, "DS_PLUGIN_MLA_KERNEL asks for it")
     plat = platform_of(spec.device)
     if spec.device.type == "cpu" and envs.triton_on_cpu():
-        order, evidence = ("triton",), "DS_PLUGIN_TRITON_ON_CPU=1 runs the GPU path on the interpreter"
+        order = ("triton",)
+        evidence = "DS_PLUGIN_TRITON_ON_CPU=1 runs the GPU path on the interpreter"
     else:
         row = default_row(plat, spec.kv_dtype)
         order, evidence = row.order, row.evidence
