@@ -83,7 +83,8 @@ def test_declared_support_is_served_here(name, monkeypatch):
 
 
 def test_refusals_name_the_adapter_and_the_reason(monkeypatch):
-    with pytest.raises(MLAKernelUnavailable, match=r"'flashmla'.*(KV cache dtype fp8|runs on)"):
+    why = r"'flashmla'.*(KV cache dtype fp8|runs on|compute capability)"
+    with pytest.raises(MLAKernelUnavailable, match=why):
         adapter_class("flashmla")(spec(kv_dtype="fp8"))
     reason = adapter_class("flashinfer-cutlass").refusal(spec(max_query_len=3))
     assert reason

@@ -8,9 +8,11 @@ ones run here, called by the engine. The reference server runs the same checkpoi
 paths (torch adapter, weights dequantized at load). Greedy tokens must agree up to the first
 near-tie of the reference (0.05 nats), and most steps must be decisive.
 
-The prompt is longer than 256 tokens so that the decode is cut into two splits and the merge
-kernel runs (the split count comes from the batch's longest length, as on the GPU). The
-interpreter is slow: two layers, one prompt, a few tokens.
+The interpreter is slow: two layers, one short prompt, a few tokens (measured on the 2-core
+box: ~4 minutes with a 280-token prompt, most of it the interpreted prefill GEMMs; this prompt
+keeps the test near 3.5). Sequences stay under 256 tokens, so the decode runs as one split and
+the split-KV merge is left to tests/attention/test_mla_conformance.py, which runs it under
+the interpreter through the same adapter.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from tests.attention.greedy import compare_until_near_tie, greedy
 
 pytestmark = pytest.mark.engine
 
-PROMPT = ", ".join(str(i) for i in range(1, 140))
-MAX_TOKENS = 6
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 3
+MAX_TOKENS = 8
 NEAR_TIE = 0.05
 ARGS = [*CPU_DEFAULT_ARGS, "--attention-backend", "CPU_MLA", "--max-num-seqs", "1"]
 # Eager for the interpreted server only: vLLM compiles the model with fullgraph=True, and Dynamo
@@ -48,7 +50,7 @@ def test_triton_paths_in_the_engine_match_the_cpu_paths(tiny_ckpt_fp8, tmp_path)
     assert "decode via triton" in log, log[-3000:]
     assert "ds_fp8: linear layers run the CUDA fp8" in log, log[-3000:]
     assert "ds_fp8: MoE layers run the CUDA fp8 (Triton fused MoE)" in log, log[-3000:]
-    assert sizes[0] > 256, sizes  # two decode splits, so the merge kernel ran
+    assert sizes[0] > 16, sizes  # the prompt fills more than one 16-token page
     with VllmServer(tiny_ckpt_fp8, args=ARGS, env={"DS_PLUGIN_CPU_MLA": "1"},
                     log_path=tmp_path / "cpu.log") as ref:
         want, _ = greedy(ref, [PROMPT], MAX_TOKENS)
@@ -56,4 +58,4 @@ def test_triton_paths_in_the_engine_match_the_cpu_paths(tiny_ckpt_fp8, tmp_path)
     assert "decode via torch" in ref_log and "ds_fp8: linear layers run the CPU" in ref_log
     compared = compare_until_near_tie(got, want, NEAR_TIE)
     assert compared >= MAX_TOKENS // 2, (got, want)
-    print(f"interpreted server: {interpreted_s:.0f} s")
+    print(f"interpreted server: {interpreted_s:.0f} s; {compared} of {MAX_TOKENS} steps compared")
