@@ -30,12 +30,16 @@ from ds_plugin.kernels.ref_mla import ref_mla_decode, ref_mla_kv_cache_write
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
+REAL = [dict(rank=512, rope=64, heads=16), dict(rank=512, rope=64, heads=128)]
+SMALL = dict(rank=64, rope=16, heads=8)
 if CUDA:
-    DIMS = [dict(rank=512, rope=64, heads=16), dict(rank=512, rope=64, heads=128)]
     PAGES = [64, 1]
+    SHAPES = [(name, dims) for name in ADAPTERS for dims in REAL]
 else:
-    DIMS = [dict(rank=64, rope=16, heads=8)]
+    # The interpreter is slow: Triton at small latents; the torch adapter at both.
     PAGES = [16, 1]
+    SHAPES = [(name, SMALL) for name in ADAPTERS] + [("torch", REAL[0])]
+DIMS = [SMALL] if not CUDA else REAL
 
 CASES = [  # (seq_lens, s_q)
     ([0, 1, 2], 1),
@@ -106,8 +110,8 @@ def build(name, dims, page, kv, s_q):
     return cls(spec, config=TRITON_CONFIG) if name == "triton" else cls(spec)
 
 
-@pytest.mark.parametrize("name", list(ADAPTERS))
-@pytest.mark.parametrize("dims", DIMS, ids=lambda d: f"h{d['heads']}")
+@pytest.mark.parametrize("name,dims", SHAPES,
+                         ids=[f"{n}-r{d['rank']}-h{d['heads']}" for n, d in SHAPES])
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: f"page{p}")
 @pytest.mark.parametrize("kv", ["bf16", "fp8"])
 @pytest.mark.parametrize("seq_lens,s_q", CASES, ids=lambda c: str(c))
