@@ -8,9 +8,9 @@ ones run here, called by the engine. The reference server runs the same checkpoi
 paths (torch adapter, weights dequantized at load). Greedy tokens must agree up to the first
 near-tie of the reference (0.05 nats), and most steps must be decisive.
 
-The interpreter is slow: two layers, one short prompt, a few tokens (measured on the 2-core
-box: ~4 minutes with a 280-token prompt, most of it the interpreted prefill GEMMs; this prompt
-keeps the test near 3.5). Sequences stay under 256 tokens, so the decode runs as one split and
+The interpreter is slow: two layers, one short prompt, a few tokens. Measured on the shared
+2-core box (2026-12-02): 214 s in all (interpreted server 128 s, reference 82 s); a 280-token
+prompt took 360 s, most of it the interpreted prefill GEMMs. Sequences stay under 256 tokens, so the decode runs as one split and
 the split-KV merge is left to tests/attention/test_mla_conformance.py, which runs it under
 the interpreter through the same adapter.
 """
