@@ -178,10 +178,14 @@ class DefaultRow:
 # Chosen from measurements (benchmarks/bench_mla_adapters.py prints this table from a run).
 DEFAULTS: tuple[DefaultRow, ...] = (
     DefaultRow("sm90", "bf16", ("flashinfer-fa3", "triton"),
-               "H200 2026-12-01, page 64: FlashInfer fa3 3.8-3.9 TB/s at 16 heads and ~500 "
-               "TFLOP/s at 128 heads; Triton 2.4-2.5 TB/s and 166 TFLOP/s"),
+               "H200 2026-12-01 (anchors E.1, page 64): fa3 3.8-3.9 TB/s at 16 heads and ~500 "
+               "TFLOP/s at 128 heads, Triton 2.4-2.5 TB/s and 166 TFLOP/s; H200 2026-12-02 "
+               "adapter bench: fa3 fastest on every 128-head row (0.55-0.77 of the bf16 mm "
+               "rate), geomean best/own time fa3 1.00, fa2 0.66, triton 0.35"),
     DefaultRow("sm90", "fp8", ("flashinfer-fa3", "triton"),
-               "provisional: the bf16 ranking, until the FP8 rows of the adapter benchmark"),
+               "provisional, H200 2026-12-02 adapter bench (eager timing): mixed; FlashInfer "
+               "ahead at 128 heads and small batches, Triton 1.6-2.1x faster than fa3 at 16 "
+               "heads with batch 32-128 x 32k context; geomean fa2 0.85, fa3 0.81, triton 0.55"),
     DefaultRow("cuda", "*", ("triton",), "the only adapter measured on other GPUs"),
     DefaultRow("cpu", "*", ("torch",), "the fp32 torch path; Triton only through the "
                                        "interpreter (DS_PLUGIN_TRITON_ON_CPU=1, tests)"),

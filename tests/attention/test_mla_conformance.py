@@ -13,8 +13,10 @@ declares it is also willing to serve, so a refusal cannot hide a declared case.
 
 Tolerances in bf16 units: |out - ref| <= 2 ulp of |ref| (2/128 relative) + half an ulp of the
 largest value |v|max / 256 (kernels round the softmax weights to bf16 before the value
-product). LSE within 2e-3 nats: libraries use hardware exp2/log2 approximations, and an error
-that size moves a weight by 0.2%, below one bf16 ulp of the output.
+product). LSE: within one bf16 ulp (2**-8) of the absolute scores, scale * max_j sum_i |q_i k_ij|,
+plus 1e-5: a kernel may round q (or q * scale) and a dequantized FP8 key to bf16 once each
+(half an ulp of every product term apiece), which moves each score, and so the LSE, by at most
+that. (The H200 run showed FlashInfer 5e-3 nats off at 128 heads, inside this bound.)
 """
 
 from __future__ import annotations
@@ -85,7 +87,23 @@ def poisoned_cache(seq_lens, page, rank, rope, kv, gen):
     return cache, table.to(DEVICE), k_scale
 
 
-def check(out, lse, ref_out, ref_lse, vmax):
+def abs_scores(q, cache, table, seq_lens, scale, k_scale):
+    """scale * max over visible keys of sum_i |q_i k_i|, per query row: [B, s_q, H]."""
+    absq = q.float().abs()
+    k = cache.float() * (k_scale.float() if k_scale is not None else 1.0)
+    flat = k.abs().view(-1, k.shape[-1])
+    page = cache.shape[1]
+    out = torch.zeros(q.shape[:3], device=q.device)
+    for b, n in enumerate(seq_lens.tolist()):
+        if n == 0:
+            continue
+        pos = torch.arange(n, device=q.device)
+        rows = flat[table[b, pos // page].long() * page + pos % page]      # [n, D]
+        out[b] = torch.einsum("thd,nd->thn", absq[b], rows).amax(-1) * scale
+    return out
+
+
+def check(out, lse, ref_out, ref_lse, vmax, lse_bound):
     assert not out.isnan().any(), "NaN in the output: a poisoned row was read"
     err = (out.float() - ref_out).abs()
     bound = 2 / 128 * ref_out.abs() + vmax / 256
@@ -96,7 +114,9 @@ def check(out, lse, ref_out, ref_lse, vmax):
     assert not lse.isnan().any()
     assert torch.equal(lse.isneginf(), ref_lse.isneginf()), "rows that see no key differ"
     fin = ref_lse.isfinite()
-    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=0, atol=2e-3)
+    lse_err = (lse[fin] - ref_lse[fin]).abs()
+    assert (lse_err <= lse_bound[fin]).all(), (f"lse max err {lse_err.max().item():.4g}, worst "
+                                               f"excess {(lse_err - lse_bound[fin]).max().item():.4g}")
 
 
 def build(name, dims, page, kv, s_q):
@@ -133,7 +153,8 @@ def test_decode_matches_reference(name, dims, page, kv, seq_lens, s_q):
     if lse is not None:
         assert lse.shape == ref_lse.shape and lse.dtype == torch.float32
     vmax = max((ref_out.abs().max().item(), 1e-6))
-    check(out, lse, ref_out, ref_lse, vmax)
+    lse_bound = abs_scores(q, cache, table, seq, scale, k_scale) * 2**-8 + 1e-5
+    check(out, lse, ref_out, ref_lse, vmax, lse_bound)
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))

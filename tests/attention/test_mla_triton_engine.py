@@ -2,17 +2,18 @@
 
 Issue 9 item 4. One server on the block-FP8 tiny checkpoint with DS_PLUGIN_TRITON_ON_CPU=1 and
 TRITON_INTERPRET=1: ds-plugin's MLA backend picks its Triton adapter (latent-cache write, paged
-decode with split-KV and merge) and ds_fp8 its Triton classes (Fp8Linear, TritonFp8Experts), so
-the strides, block tables, split count, workspace and scale layouts that the GPU runs are the
-ones run here, called by the engine. The reference server runs the same checkpoint on the CPU
+decode) and ds_fp8 its Triton classes (Fp8Linear, TritonFp8Experts), so the strides, block
+tables, split count and scale layouts that the GPU runs are the ones run here, called by the
+engine. The reference server runs the same checkpoint on the CPU
 paths (torch adapter, weights dequantized at load). Greedy tokens must agree up to the first
 near-tie of the reference (0.05 nats), and most steps must be decisive.
 
 The interpreter is slow: two layers, one short prompt, a few tokens. Measured on the shared
 2-core box (2026-12-02): 214 s in all (interpreted server 128 s, reference 82 s); a 280-token
-prompt took 360 s, most of it the interpreted prefill GEMMs. Sequences stay under 256 tokens, so the decode runs as one split and
-the split-KV merge is left to tests/attention/test_mla_conformance.py, which runs it under
-the interpreter through the same adapter.
+prompt took 360 s, most of it the interpreted prefill GEMMs. Sequences stay under 256 tokens,
+so the decode runs as one split; the split-KV merge and its workspace are left to
+tests/attention/test_mla_conformance.py, which runs them under the interpreter through the same
+adapter.
 """
 
 from __future__ import annotations
