@@ -40,7 +40,7 @@ DEV = "cuda"
 # before it is timed: call 2's tiles beside the new ones. The shipped table
 # (w4a8_moe.DEFAULT_TILES) is the "ours" column.
 VARIANTS = {n: t for n, t in NAMED_TILES.items() if n not in ("c2-decode", "c2-b512", "c2-n128")}
-QUICK_E32 = ["c2-n128s3", "g2-tiled-perm-fused", "n128g2-tiled-perm-fused"]
+QUICK_E32 = ["g2-perm", "g2-tiled-perm", "g2-tiled-perm-fused"]  # n128 + g2 + fused spills at bm64
 
 
 def _deq(w, s):

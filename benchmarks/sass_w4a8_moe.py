@@ -24,7 +24,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ds_plugin.kernels.fp8_moe import _grouped_gemm_kernel as fp8_kernel
-from ds_plugin.kernels.w4a8_gemm import TileConfig, _w4a8_gemm_kernel as w4_kernel
+from ds_plugin.kernels.w4a8_gemm import _w4a8_gemm_kernel as w4_kernel
+from ds_plugin.kernels.w4a8_moe import NAMED_TILES
 
 H, I = 7168, 2048
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
@@ -48,7 +49,7 @@ def _compile(fn, vals, consts, warps, stages):
                           options=dict(num_warps=warps, num_stages=stages))
 
 
-def compile_w4(gemm: str, tile: TileConfig, bm: int, fused=False, perm=False):
+def compile_w4(gemm: str, tile, bm: int, fused=False, perm=False):
     n, k = {"gate_up": (2 * I if not fused else I, H), "down": (H, I)}[gemm]
     vals = dict(a_ptr="*fp8e4nv", as_ptr="*fp32", w_ptr="*i8", ws_ptr="*fp32",
                 c_ptr="*fp8e4nv" if fused else "*bf16", sorted_ptr="*i32",
@@ -138,22 +139,16 @@ def fmt(r: dict) -> str:
             f"w in flight/SM {r['inflight_kb']:>4.0f} KB")
 
 
-W4_VARIANTS = [  # (label, tile, fused, perm)
-    ("n64 s4 swap (call-2 best)", TileConfig(64, swap_ab=True), False, False),
-    ("n64 s4 swap tiled", TileConfig(64, swap_ab=True, tiled=True), False, False),
-    ("n64 s4 swap g2 perm", TileConfig(64, swap_ab=True, groups=2), False, True),
-    ("n64 s4 swap g2 perm tiled", TileConfig(64, swap_ab=True, groups=2, tiled=True), False, True),
-    ("n64 s6 swap g2 perm tiled", TileConfig(64, num_stages=6, swap_ab=True, groups=2,
-                                             tiled=True), False, True),
-    ("n128 s3 swap g2 perm tiled", TileConfig(128, num_stages=3, swap_ab=True, groups=2,
-                                              tiled=True), False, True),
-]
+# bench_w4a8_moe's named sets (the uniform ones: each names one tile for both GEMMs)
+W4_VARIANTS = [(name, t.gate_up, t.fused, t.perm) for name, t in NAMED_TILES.items()
+               if t.gate_up == t.down]
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dump", help="write each variant's SASS here")
     p.add_argument("--bm", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--only", nargs="+", help="these NAMED_TILES only")
     ns = p.parse_args()
     print(f"# triton {triton.__version__}, sm_90, static scales; per_group = loop instructions "
           f"per 128-K group per thread; warp-instr/KB-w = per KB of int4 weights per CTA")
@@ -162,9 +157,8 @@ def main() -> int:
         for gemm in ("gate_up", "down"):
             k = compile_fp8(gemm, bm)
             print(fmt(report(f"fp8 {gemm} n64 s4", k, 4, 128, 64 * 128, 4)))
-            jobs = [(lbl, t, False, pm) for lbl, t, _, pm in W4_VARIANTS]
-            if gemm == "gate_up":
-                jobs += [(lbl + " fused", t, True, pm) for lbl, t, _, pm in W4_VARIANTS[2:5]]
+            jobs = [(lbl, t, fused and gemm == "gate_up", pm)
+                    for lbl, t, fused, pm in W4_VARIANTS if not ns.only or lbl in ns.only]
             for lbl, t, fused, perm in jobs:
                 try:
                     k = compile_w4(gemm, t, bm, fused, perm)

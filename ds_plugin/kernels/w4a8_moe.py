@@ -70,6 +70,7 @@ NAMED_TILES: dict[str, MoETiles] = {
     "tiled": _both(_swap(64, tiled=True)),
     "g2-perm": _both(_swap(64, groups=2), perm=True),
     "g2-perm-fused": _both(_swap(64, groups=2), fused=True, perm=True),
+    "g2-tiled-perm": _both(_swap(64, groups=2, tiled=True), perm=True),
     "g2-tiled-perm-fused": _both(_swap(64, groups=2, tiled=True), fused=True, perm=True),
     "g2s6-tiled-perm-fused": _both(_swap(64, stages=6, groups=2, tiled=True), fused=True,
                                    perm=True),

@@ -155,8 +155,13 @@ def _bf16_ulp_bound(ref):
     return ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12  # 1 bf16 ulp, as test_fp8_moe
 
 
-@pytest.mark.parametrize("tile", TILES, ids=str)
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+# Both scale kinds on the first three tiles, static (the checkpoints' kind) on the rest:
+# each case is a compile on the H200, whose run is time-boxed.
+GEMM_CASES = [(t, s) for t in TILES[:3] for s in (False, True)] + [(t, True) for t in TILES[3:]]
+
+
+@pytest.mark.parametrize("tile,static", GEMM_CASES,
+                         ids=[f"{t}-{'static' if s else 'dynamic'}" for t, s in GEMM_CASES])
 def test_grouped_gemm_each_pair(tile, static):
     # N = 192 is not a multiple of the 128/256 tiles; scales transposed in memory.
     m, h, n, e, k = 5, 256, 192, 6, 2
@@ -355,7 +360,7 @@ def test_fused_moe_tiles_agree():
     x = torch.randn(9, 256, device=DEV).to(torch.bfloat16)
     tw, ids = _routing(9, 8, 2, seed=5)
     outs = [w4a8_fused_moe(x, tw, ids, *_interleave(_moe_w(k13, k2, MoETiles(t, t)), s13, s2),
-                           tiles=MoETiles(t, t)) for t in TILES]
+                           tiles=MoETiles(t, t)) for t in TILES[:3] + TILES[6:]]
     for o in outs[1:]:
         assert calc_diff(o, outs[0]) < 1e-4
 
