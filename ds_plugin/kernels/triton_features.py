@@ -21,8 +21,8 @@ import inspect
 TRITON_FEATURES: dict[str, tuple[str, ...]] = {
     "tl.sort": ("fp8_moe",),
     "tl.cumsum": ("fp8_moe",),
-    "tl.math.div_rn": ("fp8_quant", "w4a8_moe"),
-    "tl.inline_asm_elementwise": ("mla_tiles", "w4a8_moe"),
+    "tl.math.div_rn": ("fp8_quant", "w4a8_gemm"),
+    "tl.inline_asm_elementwise": ("mla_tiles", "w4a8_gemm"),
     "tl.make_tensor_descriptor": ("mla_decode",),
     "tl.div_rn": ("mla_kv_cache",),
     "tl.clamp": ("mla_kv_cache",),
