@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _fp8_common import time_ms  # noqa: E402
+from _fp8_common import time_ms, torch_grouped_peers  # noqa: E402
 from ds_plugin.kernels.fp8_moe import fp8_fused_moe  # noqa: E402
 from ds_plugin.kernels.fp8_moe_prefill import PrefillConfig  # noqa: E402
 from ds_plugin.kernels.ref_fp8 import calc_diff, random_fp8_weight  # noqa: E402
@@ -79,42 +79,13 @@ def fp32_subsample_diff(out, x, tw, ids, w13, s13, w2, s2, n=8):
     return calc_diff(out[rows], ref)
 
 
-def peers(x, ids, w13b, w2b, e):
-    """bf16 torch._grouped_mm and rowwise-FP8 torch._scaled_grouped_mm over the routed
-    rows pre-sorted by expert (each group padded to 16 rows), GEMMs + SiLU*mul only."""
-    counts = torch.bincount(ids.reshape(-1), minlength=e)
-    padded = (counts + 15) // 16 * 16
-    rows = int(padded.sum())
-    offs = torch.cumsum(padded, 0).to(torch.int32)
-    a = torch.randn(rows, H, device="cuda").to(torch.bfloat16)
+def peers(ids, w13b, w2b):
     res = {}
-
-    def bf16():
-        h = torch._grouped_mm(a, w13b.transpose(1, 2), offs=offs)
-        act = torch.nn.functional.silu(h[:, :I]) * h[:, I:]
-        return torch._grouped_mm(act, w2b.transpose(1, 2), offs=offs)
-    try:
-        res["bf16 _grouped_mm"] = time_ms(bf16)
-    except Exception as ex:  # noqa: BLE001
-        res["bf16 _grouped_mm"] = f"failed: {str(ex).splitlines()[0][:80]}"
-    fp8 = torch.float8_e4m3fn
-    aq = a.to(fp8)
-    sa = torch.ones(rows, device="cuda")
-    w13q, w2q = w13b.to(fp8), w2b.to(fp8)
-    s13 = torch.ones(e, 2 * I, device="cuda")
-    s2_ = torch.ones(e, H, device="cuda")
-    actq = torch.randn(rows, I, device="cuda").to(fp8)
-
-    def scaled():
-        torch._scaled_grouped_mm(aq, w13q.transpose(1, 2), sa, s13, offs=offs,
-                                 out_dtype=torch.bfloat16, use_fast_accum=True)
-        return torch._scaled_grouped_mm(actq, w2q.transpose(1, 2), sa, s2_, offs=offs,
-                                        out_dtype=torch.bfloat16, use_fast_accum=True)
-    try:
-        res["fp8 rowwise _scaled_grouped_mm (GEMMs only)"] = time_ms(scaled)
-    except Exception as ex:  # noqa: BLE001
-        res["fp8 rowwise _scaled_grouped_mm (GEMMs only)"] = f"failed: {str(ex).splitlines()[0][:80]}"
-    del w13q, w2q
+    for name, fn in torch_grouped_peers(ids, w13b, w2b, I).items():
+        try:
+            res[name] = time_ms(fn)
+        except Exception as ex:  # noqa: BLE001
+            res[name] = f"failed: {str(ex).splitlines()[0][:80]}"
     return res
 
 
@@ -172,7 +143,7 @@ def main():
         flop = 2 * m * TOP_K * H * 3 * I
         base = fp8_fused_moe(*args_, prefill=False)
         t_dec = time_ms(lambda: fp8_fused_moe(*args_, prefill=False))
-        pr = peers(x, ids, w13b[:e], w2b[:e], e)
+        pr = peers(ids, w13b[:e], w2b[:e])
         bf16 = pr.get("bf16 _grouped_mm")
         print(f"\n## E={e} tokens={m} (FLOP {flop / 1e12:.2f} T); t={time.time() - t0:.0f}s")
         print("| variant | ms | TFLOP/s | vs bf16 grouped_mm | diff vs decode kernel | note |")
@@ -187,7 +158,7 @@ def main():
                   flush=True)
         row("today's kernel (decode path)", t_dec, "-")
         for pname, ms in pr.items():
-            row(pname, ms, "-", "peer, GEMMs of pre-sorted rows")
+            row(pname, ms, "-", "peer: GEMMs of pre-sorted rows only")
         best = None
         for n in names:
             if warm[n][1]:
