@@ -34,16 +34,18 @@ H, I, TOP_K = 7168, 2048, 8
 SHAPES = [(32, 2048), (32, 8192), (256, 8192)]
 P = PrefillConfig
 VARIANTS = {
-    "base bm128 2x128 st4 rescale tma persist": P(),
+    "base: bm128, 2x128 sub-tiles, st4/3, rescale, TMA, persistent": P(),
+    "scale loads not pipelined, st4/4": P(pipeline_scales=False, down_stages=4),
     "st3/3": P(stages=3, down_stages=3),
-    "down 128-wide st6": P(down_subs=1, down_stages=6),
-    "per-step scale (2 reg sets), down 128": P(rescale=False, down_subs=1, down_stages=5),
+    "down 128-wide, st5": P(down_subs=1, down_stages=5),
+    "per-step scale (2 register sets; spills), down 128 st5": P(rescale=False, down_subs=1,
+                                                                down_stages=5),
     "pointer-gather A (no gather pass)": P(a_tma=False),
     "non-persistent": P(persistent=False),
     "group_m 8": P(group_m=8),
-    "bm64 4 warps": P(block_m=64, num_warps=4),
-    "bm64 8 warps": P(block_m=64, num_warps=8),
-    "warp_specialize flag": P(warp_specialize=True),
+    "bm64, 4 warps, st5/4": P(block_m=64, num_warps=4, stages=5, down_stages=4),
+    "bm64, 8 warps, st4/4": P(block_m=64, num_warps=8, down_stages=4),
+    "warp_specialize flag (same code on sm_90 in 3.6)": P(warp_specialize=True),
 }
 
 

@@ -43,7 +43,8 @@ class PrefillConfig:
     down_subs: int = 2          # down tile width = down_subs * 128 columns
     num_warps: int = 8
     stages: int = 4             # gate/up (two B sub-tiles per step)
-    down_stages: int = 4
+    down_stages: int = 3        # 4 with 256-wide tiles and pipelined scales passes 227 KB
+    pipeline_scales: bool = True  # scale loads pipelined with the tiles (cp.async)
     rescale: bool = True        # accumulator kept in the current step's scale units
     a_tma: bool = True          # gate/up A via TMA from gathered rows; else pointer gather
     persistent: bool = True
@@ -207,7 +208,7 @@ def _moe_gemm_kernel(a_desc, a_ptr, a_s_ptr, b_desc, b_s_ptr, out_ptr, out_s_ptr
                      BM: tl.constexpr, SUBS: tl.constexpr, SILU: tl.constexpr,
                      UE8M0: tl.constexpr, A_TMA: tl.constexpr, RESCALE: tl.constexpr,
                      GROUP_M: tl.constexpr, FLAT: tl.constexpr,
-                     WS: tl.constexpr):
+                     WS: tl.constexpr, INNER_STAGES: tl.constexpr = None):
     # A tile: BM sorted rows x 128 (one expert). B: SUBS sub-tiles of 128 weight rows,
     # sub-tile 1 at n_sub1 rows past sub-tile 0 (gate/up: I, the matching up rows; down:
     # 128, the next columns). SILU: out = quantized silu(gate)*up (cap, I) with K-major
@@ -232,7 +233,7 @@ def _moe_gemm_kernel(a_desc, a_ptr, a_s_ptr, b_desc, b_s_ptr, out_ptr, out_s_ptr
         acc1 = tl.zeros((BM, 128), dtype=tl.float32)
         sp0 = tl.full((BM,), 1.0, tl.float32)
         sp1 = tl.full((BM,), 1.0, tl.float32)
-        for kb in range(KB):
+        for kb in tl.range(0, KB, num_stages=INNER_STAGES):
             if A_TMA:
                 a = a_desc.load([row0, kb * 128])
                 a_s = tl.load(a_s_ptr + kb * cap + rows)
@@ -295,6 +296,7 @@ def _launch_gemm(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_block
         out.stride(0), w_s.stride(0), w_s.stride(1),
         BM=bm, SUBS=subs, SILU=silu, UE8M0=ue8m0, A_TMA=a_tma, RESCALE=cfg.rescale,
         GROUP_M=cfg.group_m, FLAT=cfg.persistent, WS=cfg.warp_specialize,
+        INNER_STAGES=stages if cfg.pipeline_scales else None,
         num_warps=cfg.num_warps, num_stages=stages)
 
 
