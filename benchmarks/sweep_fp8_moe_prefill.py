@@ -45,6 +45,8 @@ VARIANTS = {
     "group_m 8": P(group_m=8),
     "bm64, 4 warps, st5/4": P(block_m=64, num_warps=4, stages=5, down_stages=4),
     "bm64, 8 warps, st4/4": P(block_m=64, num_warps=8, down_stages=4),
+    "bm64, 4 warps, st2/2, 2 CTAs per SM": P(block_m=64, num_warps=4, stages=2,
+                                             down_stages=2, ctas_per_sm=2),
     "warp_specialize flag (same code on sm_90 in 3.6)": P(warp_specialize=True),
 }
 

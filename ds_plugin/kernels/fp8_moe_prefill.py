@@ -48,6 +48,7 @@ class PrefillConfig:
     rescale: bool = True        # accumulator kept in the current step's scale units
     a_tma: bool = True          # gate/up A via TMA from gathered rows; else pointer gather
     persistent: bool = True
+    ctas_per_sm: int = 1        # persistent grid = SMs * this (2 fits with bm64, stages 2)
     group_m: int = 1            # m-blocks per band of the tile order (1: n fastest)
     warp_specialize: bool = False
 
@@ -289,7 +290,9 @@ def _launch_gemm(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_block
     b_desc = TensorDescriptor.from_tensor(w.view(e * n_b, k), [128, 128])
     a_desc = TensorDescriptor.from_tensor(a, [bm, 128]) if a_tma else b_desc
     max_tiles = (cap // bm) * num_n
-    progs = min(max_tiles, _num_sms(a.device)) if cfg.persistent else max_tiles
+    progs = max_tiles
+    if cfg.persistent:
+        progs = min(max_tiles, _num_sms(a.device) * cfg.ctas_per_sm)
     _moe_gemm_kernel[(progs,)](
         a_desc, a, a_s, b_desc, w_s, out, out_s, sorted_ids, block_expert, num_blocks, topk_w,
         n_b, n_b // 2 if silu else 128, k // GROUP, num_pairs, top_k, cap, num_n, progs,
