@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 
 import torch
 
@@ -49,6 +49,13 @@ VARIANTS = {
                                              down_stages=2, ctas_per_sm=2),
     "warp_specialize flag (same code on sm_90 in 3.6)": P(warp_specialize=True),
 }
+# Gluon warp-specialized kernels (fp8_moe_ws): never run before; a deadlock would stall the
+# run, so they are timed in a separate invocation (`--gluon`).
+GLUON_VARIANTS = {
+    "gluon ws: TMA warp + 2 consumer WGs, st4/4": P(gluon_ws=True, down_stages=4),
+    "gluon ws st3/3": P(gluon_ws=True, stages=3, down_stages=3),
+    "gluon ws st4/4 group_m 8": P(gluon_ws=True, down_stages=4, group_m=8),
+}
 
 
 def _routing(m, e, seed):
@@ -67,7 +74,8 @@ def _warm(name):
     x, tw, ids = _routing(1024, 2, 0)
     t = time.time()
     try:
-        fp8_fused_moe(x, tw, ids, w13, s13, w2, s2, prefill=True, prefill_config=VARIANTS[name])
+        fp8_fused_moe(x, tw, ids, w13, s13, w2, s2, prefill=True,
+                      prefill_config={**VARIANTS, **GLUON_VARIANTS}[name])
         torch.cuda.synchronize()
         return name, time.time() - t, None
     except Exception as e:  # noqa: BLE001 - reported in the table
@@ -108,16 +116,23 @@ def breakdown(x, tw, ids, w13, s13, w2, s2, cfg):
     act_s = torch.empty(I // 128, cap, device="cuda")
     y = torch.empty(pairs, H, dtype=torch.bfloat16, device="cuda")
     tw_ = tw.reshape(-1).float()
+    if cfg.gluon_ws:
+        from ds_plugin.kernels.fp8_moe_ws import launch_gemm_ws
+
+        def gemm(a_, as_, w, ws, o, os_, silu, stages):
+            return launch_gemm_ws(a_, as_, w, ws, o, os_, sid, be, nb, tw_, pairs, silu, False,
+                                  stages, cfg.group_m)
+    else:
+        def gemm(a_, as_, w, ws, o, os_, silu, stages):
+            return _launch_gemm(a_, as_, w, ws, o, os_, sid, be, nb, tw_, pairs, TOP_K, silu,
+                                False, cfg, cfg.a_tma if silu else True, stages)
     out = {
         "align": time_ms(lambda: moe_align_chunked(ids, e, cfg.block_m)),
         "act quant": time_ms(lambda: fp8_act_quant(x)),
         "gather": time_ms(lambda: gather_rows(xq, xs, sid, be, pairs, TOP_K, cfg.block_m)),
-        "gate/up+silu+quant": time_ms(lambda: _launch_gemm(
-            a, a_s, w13, s13, act, act_s, sid, be, nb, tw_, pairs, TOP_K, True, False, cfg,
-            cfg.a_tma, cfg.stages)),
-        "down": time_ms(lambda: _launch_gemm(
-            act, act_s, w2, s2, y, act_s, sid, be, nb, tw_, pairs, TOP_K, False, False, cfg,
-            True, cfg.down_stages)),
+        "gate/up+silu+quant": time_ms(lambda: gemm(a, a_s, w13, s13, act, act_s, True,
+                                                   cfg.stages)),
+        "down": time_ms(lambda: gemm(act, act_s, w2, s2, y, act_s, False, cfg.down_stages)),
     }
     blocks = int(nb)
     out["tiles util"] = pairs / (blocks * cfg.block_m)
@@ -127,13 +142,30 @@ def breakdown(x, tw, ids, w13, s13, w2, s2, cfg):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="base variant and peers only")
+    ap.add_argument("--gluon", action="store_true", help="the Gluon variants (and the base)")
     ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 4))
+    ap.add_argument("--warm-timeout", type=float, default=150.0)
     args = ap.parse_args()
-    names = list(VARIANTS)[:1] if args.quick else list(VARIANTS)
+    if args.gluon:
+        VARIANTS.update(GLUON_VARIANTS)
+        names = list(VARIANTS)[:1] + list(GLUON_VARIANTS)
+    else:
+        names = list(VARIANTS)[:1] if args.quick else list(VARIANTS)
     t0 = time.time()
     ctx = torch.multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-        warm = {n: (dt, err) for n, dt, err in pool.map(_warm, names)}
+    pool = ProcessPoolExecutor(args.workers, mp_context=ctx)
+    futs = {pool.submit(_warm, n): n for n in names}
+    done, pending = wait(futs, timeout=args.warm_timeout)
+    warm = {}
+    for f in done:
+        n, dt, err = f.result()
+        warm[n] = (dt, err)
+    for f in pending:
+        warm[futs[f]] = (None, f"warm-up unfinished after {args.warm_timeout} s (hang?)")
+    if pending:  # a worker stuck in a kernel: end the workers this script started
+        for proc in list(pool._processes.values()):
+            proc.terminate()
+    pool.shutdown(wait=not pending, cancel_futures=True)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}; compiled "
           f"{len(names)} variants in {time.time() - t0:.0f}s (parallel)", flush=True)
     e_max = max(e for e, _ in SHAPES)

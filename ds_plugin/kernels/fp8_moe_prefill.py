@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from ds_plugin.kernels.fp8_moe_ws import launch_gemm_ws
 from ds_plugin.kernels.fp8_quant import _round_e4m3, _round_ue8m0, fp8_act_quant
 from ds_plugin.kernels.ref_fp8 import FP8, GROUP, ceil_div, moe_align_capacity
 
@@ -50,7 +51,8 @@ class PrefillConfig:
     persistent: bool = True
     ctas_per_sm: int = 1        # persistent grid = SMs * this (2 fits with bm64, stages 2)
     group_m: int = 1            # m-blocks per band of the tile order (1: n fastest)
-    warp_specialize: bool = False
+    warp_specialize: bool = False  # Triton's flag (a no-op on sm_90 in Triton 3.6)
+    gluon_ws: bool = False      # fp8_moe_ws: Gluon loader warp + two consumer warpgroups
 
 
 # ---------------------------------------------------------------------------- align
@@ -333,9 +335,15 @@ def prefill_experts(x, topk_weights, topk_ids, w13, w13_s, w2, w2_s, ue8m0: bool
     act = torch.empty(cap, i, dtype=FP8, device=x.device)
     act_s = torch.empty(i // GROUP, cap, dtype=torch.float32, device=x.device)
     tw = topk_weights.reshape(-1).float()
+    y = torch.empty(pairs, h, dtype=torch.bfloat16, device=x.device)
+    if cfg.gluon_ws:
+        launch_gemm_ws(a, a_s, w13, w13_s, act, act_s, sorted_ids, block_expert, num_blocks,
+                       tw, pairs, True, ue8m0, cfg.stages, cfg.group_m)
+        launch_gemm_ws(act, act_s, w2, w2_s, y, act_s, sorted_ids, block_expert, num_blocks,
+                       tw, pairs, False, ue8m0, cfg.down_stages, cfg.group_m)
+        return y
     _launch_gemm(a, a_s, w13, w13_s, act, act_s, sorted_ids, block_expert, num_blocks, tw,
                  pairs, top_k, True, ue8m0, cfg, cfg.a_tma, cfg.stages)
-    y = torch.empty(pairs, h, dtype=torch.bfloat16, device=x.device)
     _launch_gemm(act, act_s, w2, w2_s, y, act_s, sorted_ids, block_expert, num_blocks, tw,
                  pairs, top_k, False, ue8m0, cfg, True, cfg.down_stages)
     return y
