@@ -183,3 +183,21 @@ def test_prefill_path_chosen_by_shape_only():
     assert not use_prefill_path(8 * 64, 256, 7168, 2048)       # decode batch
     assert use_prefill_path(8 * 8192, 256, 7168, 2048)
     assert not use_prefill_path(8 * 8192, 256, 7000, 2048)     # H not whole 128-blocks
+
+
+@pytest.mark.skipif(not CUDA, reason="Gluon warp-specialized kernel: sm_90 only, no interpreter")
+@pytest.mark.parametrize("m,e", [(2048, 32), (4096, 256)])
+def test_gluon_ws_prefill_path_dsv3_size(m, e):
+    # Last in the file: a kernel that deadlocks would stall the run after the others.
+    h, i, k = 7168, 2048, 8
+    w13, s13, w2, s2 = _experts(e, h, i)
+    g = torch.Generator(device=DEV).manual_seed(8)
+    x = torch.randn(m, h, generator=g, device=DEV).to(torch.bfloat16)
+    tw, ids = _routing(m, e, k, seed=9)
+    cfg = PrefillConfig(gluon_ws=True, down_stages=4)
+    out = fp8_fused_moe(x, tw, ids, w13, s13, w2, s2, prefill=True, prefill_config=cfg)
+    rows = torch.linspace(0, m - 1, 12, device=DEV).long()
+    ref = ref_fused_moe(x[rows], tw[rows], ids[rows], w13, s13, w2, s2)
+    assert calc_diff(out[rows], ref) < 1e-3, calc_diff(out[rows], ref)
+    triton_path = fp8_fused_moe(x, tw, ids, w13, s13, w2, s2, prefill=True)
+    assert calc_diff(out, triton_path) < 1e-4, calc_diff(out, triton_path)
