@@ -48,6 +48,7 @@ VARIANTS = {
     "bm64, 4 warps, st2/2, 2 CTAs per SM": P(block_m=64, num_warps=4, stages=2,
                                              down_stages=2, ctas_per_sm=2),
     "warp_specialize flag (same code on sm_90 in 3.6)": P(warp_specialize=True),
+    "ABLATION base without block-scale work (wrong by design)": P(ablate_scales=True),
 }
 # Gluon warp-specialized kernels (fp8_moe_ws): never run before; a deadlock would stall the
 # run, so they are timed in a separate invocation (`--gluon`).
@@ -204,6 +205,10 @@ def main():
             try:
                 out = fp8_fused_moe(*args_, prefill=True, prefill_config=cfg)
                 d = calc_diff(out, base)
+                if cfg.ablate_scales:
+                    ms = time_ms(lambda: fp8_fused_moe(*args_, prefill=True, prefill_config=cfg))
+                    row(n, ms, "n/a", "bound: what the block scales cost")
+                    continue
                 if not d < 1e-3 or out.float().isnan().any():
                     row(n, f"WRONG: calc_diff {d:.2e} vs decode kernel", "")
                     continue

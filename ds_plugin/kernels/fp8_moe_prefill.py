@@ -53,6 +53,8 @@ class PrefillConfig:
     group_m: int = 1            # m-blocks per band of the tile order (1: n fastest)
     warp_specialize: bool = False  # Triton's flag (a no-op on sm_90 in Triton 3.6)
     gluon_ws: bool = False      # fp8_moe_ws: Gluon loader warp + two consumer warpgroups
+    ablate_scales: bool = False  # benchmarks only: no per-step scale work (wrong results),
+                                 # to time what the block scales cost
 
 
 # ---------------------------------------------------------------------------- align
@@ -195,8 +197,10 @@ def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _scaled_step(acc, a, b, s, s_prev, RESCALE: tl.constexpr):
+def _scaled_step(acc, a, b, s, s_prev, RESCALE: tl.constexpr, ABLATE: tl.constexpr):
     # One 128-deep K step of one 128-column sub-tile; s: (BM,) this step's scale.
+    if ABLATE:
+        return tl.dot(a, b.T, acc)
     if RESCALE:
         # acc is in units of s_prev; bring it to units of s and let the MMA add in place.
         return tl.dot(a, b.T, acc * (s_prev / s)[:, None])
@@ -211,7 +215,8 @@ def _moe_gemm_kernel(a_desc, a_ptr, a_s_ptr, b_desc, b_s_ptr, out_ptr, out_s_ptr
                      BM: tl.constexpr, SUBS: tl.constexpr, SILU: tl.constexpr,
                      UE8M0: tl.constexpr, A_TMA: tl.constexpr, RESCALE: tl.constexpr,
                      GROUP_M: tl.constexpr, FLAT: tl.constexpr,
-                     WS: tl.constexpr, INNER_STAGES: tl.constexpr = None):
+                     WS: tl.constexpr, INNER_STAGES: tl.constexpr = None,
+                     ABLATE: tl.constexpr = False):
     # A tile: BM sorted rows x 128 (one expert). B: SUBS sub-tiles of 128 weight rows,
     # sub-tile 1 at n_sub1 rows past sub-tile 0 (gate/up: I, the matching up rows; down:
     # 128, the next columns). SILU: out = quantized silu(gate)*up (cap, I) with K-major
@@ -244,11 +249,13 @@ def _moe_gemm_kernel(a_desc, a_ptr, a_s_ptr, b_desc, b_s_ptr, out_ptr, out_s_ptr
                 a = tl.load(a_ptr + tok[:, None] * (KB * 128) + kb * 128 + cols[None, :])
                 a_s = tl.load(a_s_ptr + tok * KB + kb)
             s0 = a_s * tl.load(ws0 + kb)
-            acc0 = _scaled_step(acc0, a, b_desc.load([b_row0, kb * 128]), s0, sp0, RESCALE)
+            acc0 = _scaled_step(acc0, a, b_desc.load([b_row0, kb * 128]), s0, sp0, RESCALE,
+                                ABLATE)
             sp0 = s0
             if SUBS == 2:
                 s1 = a_s * tl.load(ws1 + kb)
-                acc1 = _scaled_step(acc1, a, b_desc.load([b_row1, kb * 128]), s1, sp1, RESCALE)
+                acc1 = _scaled_step(acc1, a, b_desc.load([b_row1, kb * 128]), s1, sp1, RESCALE,
+                                    ABLATE)
                 sp1 = s1
         if RESCALE:
             acc0 = acc0 * sp0[:, None]
@@ -301,7 +308,7 @@ def _launch_gemm(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_block
         out.stride(0), w_s.stride(0), w_s.stride(1),
         BM=bm, SUBS=subs, SILU=silu, UE8M0=ue8m0, A_TMA=a_tma, RESCALE=cfg.rescale,
         GROUP_M=cfg.group_m, FLAT=cfg.persistent, WS=cfg.warp_specialize,
-        INNER_STAGES=stages if cfg.pipeline_scales else None,
+        INNER_STAGES=stages if cfg.pipeline_scales else None, ABLATE=cfg.ablate_scales,
         num_warps=cfg.num_warps, num_stages=stages)
 
 
