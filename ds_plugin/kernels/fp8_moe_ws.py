@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma,
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
+                                                               warpgroup_mma,
                                                                warpgroup_mma_init,
                                                                warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -128,6 +129,8 @@ def _consumer(c, SILU: gl.constexpr, UE8M0: gl.constexpr, GROUP_M: gl.constexpr,
             # The previous step's second MMA is the older group: once it is done, that
             # step's stage is no longer read by this warpgroup.
             acc1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc1, ))
+            # The scales were read through the generic proxy; TMA will overwrite them.
+            fence_async_shared()
             mbarrier.arrive(empty.index(prev), pred=kb > 0)
             s1 = a_s * w1
             acc1 = warpgroup_mma(a_t, b_bufs.index(2 * s + 1).permute((1, 0)),
@@ -138,6 +141,7 @@ def _consumer(c, SILU: gl.constexpr, UE8M0: gl.constexpr, GROUP_M: gl.constexpr,
             prev = s
             it += 1
         acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, ))
+        fence_async_shared()
         mbarrier.arrive(empty.index(prev))
         acc0 = acc0 * sp0[:, None]
         acc1 = acc1 * sp1[:, None]
