@@ -42,6 +42,7 @@ VARIANTS = {
                                                                 down_stages=5),
     "pointer-gather A (no gather pass)": P(a_tma=False),
     "non-persistent": P(persistent=False),
+    "persistent loop flattened (ptxas serializes the wgmmas, C7515)": P(flatten=True),
     "group_m 8": P(group_m=8),
     "bm64, 4 warps, st5/4": P(block_m=64, num_warps=4, stages=5, down_stages=4),
     "bm64, 8 warps, st4/4": P(block_m=64, num_warps=8, down_stages=4),

@@ -49,6 +49,9 @@ class PrefillConfig:
     rescale: bool = True        # accumulator kept in the current step's scale units
     a_tma: bool = True          # gate/up A via TMA from gathered rows; else pointer gather
     persistent: bool = True
+    # tl.range(flatten=True) over the persistent loop: ptxas then serializes every wgmma
+    # (C7515: the per-tile accumulator reset lands inside the MMA pipeline). Kept to time it.
+    flatten: bool = False
     ctas_per_sm: int = 1        # persistent grid = SMs * this (2 fits with bm64, stages 2)
     group_m: int = 1            # m-blocks per band of the tile order (1: n fastest)
     warp_specialize: bool = False  # Triton's flag (a no-op on sm_90 in Triton 3.6)
@@ -307,7 +310,7 @@ def _launch_gemm(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_block
         n_b, n_b // 2 if silu else 128, k // GROUP, num_pairs, top_k, cap, num_n, progs,
         out.stride(0), w_s.stride(0), w_s.stride(1),
         BM=bm, SUBS=subs, SILU=silu, UE8M0=ue8m0, A_TMA=a_tma, RESCALE=cfg.rescale,
-        GROUP_M=cfg.group_m, FLAT=cfg.persistent, WS=cfg.warp_specialize,
+        GROUP_M=cfg.group_m, FLAT=cfg.persistent and cfg.flatten, WS=cfg.warp_specialize,
         INNER_STAGES=stages if cfg.pipeline_scales else None, ABLATE=cfg.ablate_scales,
         num_warps=cfg.num_warps, num_stages=stages)
 

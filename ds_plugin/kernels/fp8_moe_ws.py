@@ -19,9 +19,7 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma,
-                                                               warpgroup_mma,
-                                                               warpgroup_mma_init,
-                                                               warpgroup_mma_wait)
+                                                               warpgroup_mma, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ds_plugin.kernels.ref_fp8 import GROUP
@@ -107,42 +105,37 @@ def _consumer(c, SILU: gl.constexpr, UE8M0: gl.constexpr, GROUP_M: gl.constexpr,
         ws0 = b_s_ptr + e * stride_wse + (n0 // 128) * stride_wsn
         ws1 = ws0 + (n_sub1 // 128) * stride_wsn
         acc0 = gl.zeros((64, 128), gl.float32, layout=mma)
-        acc1 = warpgroup_mma_init(gl.zeros((64, 128), gl.float32, layout=mma))
+        acc1 = gl.zeros((64, 128), gl.float32, layout=mma)
         sp0 = gl.full((64,), 1.0, gl.float32, layout=row_l)
         sp1 = gl.full((64,), 1.0, gl.float32, layout=row_l)
         w0n = gl.load(ws0)
         w1n = gl.load(ws1)
-        prev = 0
         for kb in range(KB):
             s = it % stages
-            mbarrier.wait(ready.index(s), (it // stages) & 1)
-            a_s = as_bufs.index(2 * s + WG).load(row_l)
             w0 = w0n
             w1 = w1n
             kn = gl.minimum(kb + 1, KB - 1)  # next step's weight scales, loaded early
             w0n = gl.load(ws0 + kn)
             w1n = gl.load(ws1 + kn)
-            a_t = a_bufs.index(2 * s + WG)
+            mbarrier.wait(ready.index(s), (it // stages) & 1)
+            a_s = as_bufs.index(2 * s + WG).load(row_l)
             s0 = a_s * w0
-            acc0 = warpgroup_mma(a_t, b_bufs.index(2 * s).permute((1, 0)),
-                                 acc0 * (sp0 / s0)[:, None], is_async=True)
-            # The previous step's second MMA is the older group: once it is done, that
-            # step's stage is no longer read by this warpgroup.
-            acc1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc1, ))
+            s1 = a_s * w1
+            # Both accumulators are complete here (waited below), so rescaling them does
+            # not touch a register an MMA in flight owns (ptxas would serialize every MMA).
+            acc0 = acc0 * (sp0 / s0)[:, None]
+            acc1 = acc1 * (sp1 / s1)[:, None]
+            a_t = a_bufs.index(2 * s + WG)
+            acc0 = warpgroup_mma(a_t, b_bufs.index(2 * s).permute((1, 0)), acc0, is_async=True)
+            acc1 = warpgroup_mma(a_t, b_bufs.index(2 * s + 1).permute((1, 0)), acc1,
+                                 is_async=True)
+            acc0, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1))
             # The scales were read through the generic proxy; TMA will overwrite them.
             fence_async_shared()
-            mbarrier.arrive(empty.index(prev), pred=kb > 0)
-            s1 = a_s * w1
-            acc1 = warpgroup_mma(a_t, b_bufs.index(2 * s + 1).permute((1, 0)),
-                                 acc1 * (sp1 / s1)[:, None], is_async=True)
-            acc0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc0, ))
+            mbarrier.arrive(empty.index(s))
             sp0 = s0
             sp1 = s1
-            prev = s
             it += 1
-        acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc1, ))
-        fence_async_shared()
-        mbarrier.arrive(empty.index(prev))
         acc0 = acc0 * sp0[:, None]
         acc1 = acc1 * sp1[:, None]
         if SILU:
