@@ -7,7 +7,7 @@ CUDA = torch.cuda.is_available()
 
 from ds_plugin.kernels.fp8_moe import (fp8_fused_moe, fp8_grouped_gemm_nt, moe_align,
                                        use_prefill_path)
-from ds_plugin.kernels.fp8_moe_prefill import PrefillConfig, moe_align_chunked
+from ds_plugin.kernels.fp8_moe_prefill import PrefillConfig, gather_rows, moe_align_chunked
 from ds_plugin.kernels.fp8_quant import fp8_act_quant
 from ds_plugin.kernels.ref_fp8 import (calc_diff, random_fp8_weight, ref_act_dequant,
                                        ref_fused_moe, ref_moe_align, ref_weight_dequant)
@@ -68,6 +68,24 @@ def test_chunked_align_equals_torch_twin(m, e, k, bm, chunk):
     for name, g, r in zip(("sorted_ids", "block_expert"), (sorted_ids, block_expert), ref):
         assert torch.equal(g, r), f"{name}: first difference at {(g != r).nonzero()[0].tolist()}"
     assert int(num_blocks) == int((ref[1] >= 0).sum())
+
+
+def test_gather_rows_is_exact_data_movement():
+    # Sorted block rows hold their token's codes and scales bitwise (K-major scales);
+    # padding rows hold code 0 and scale 1.0; blocks past the end stay untouched.
+    m, e, k, bm, h = 13, 4, 2, 16, 256
+    _, ids = _routing(m, e, k, seed=11, skew=True)
+    sorted_ids, block_expert, num_blocks = moe_align_chunked(ids, e, bm)
+    xq, xs = fp8_act_quant(torch.randn(m, h, device=DEV).to(torch.bfloat16))
+    out, out_s = gather_rows(xq, xs, sorted_ids, block_expert, m * k, k, bm)
+    rows = int(num_blocks) * bm
+    pair = sorted_ids[:rows].long()
+    real = pair < m * k
+    tok = pair[real] // k
+    assert torch.equal(out[:rows][real].view(torch.uint8), xq[tok].view(torch.uint8))
+    assert torch.equal(out_s[:, :rows][:, real], xs[tok].t())
+    assert (out[:rows][~real].view(torch.uint8) == 0).all()
+    assert (out_s[:, :rows][:, ~real] == 1.0).all()
 
 
 def _experts(e, h, i, seed=0):
