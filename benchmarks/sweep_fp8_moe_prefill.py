@@ -36,6 +36,7 @@ P = PrefillConfig
 VARIANTS = {
     "base: bm128, 2x128 sub-tiles, st4/3, rescale, TMA, persistent": P(),
     "scale loads not pipelined, st4/4": P(pipeline_scales=False, down_stages=4),
+    "rescale both sub-tiles, then both MMAs (1 wait per step)": P(rescale_first=True),
     "st3/3": P(stages=3, down_stages=3),
     "down 128-wide, st5": P(down_subs=1, down_stages=5),
     "per-step scale (2 register sets; spills), down 128 st5": P(rescale=False, down_subs=1,

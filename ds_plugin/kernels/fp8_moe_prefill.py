@@ -47,6 +47,7 @@ class PrefillConfig:
     down_stages: int = 3        # 4 with 256-wide tiles and pipelined scales passes 227 KB
     pipeline_scales: bool = True  # scale loads pipelined with the tiles (cp.async)
     rescale: bool = True        # accumulator kept in the current step's scale units
+    rescale_first: bool = False  # rescale both sub-tiles, then issue both MMAs
     a_tma: bool = True          # gate/up A via TMA from gathered rows; else pointer gather
     persistent: bool = True
     # tl.range(flatten=True) over the persistent loop: ptxas then serializes every wgmma
@@ -219,7 +220,7 @@ def _moe_gemm_kernel(a_desc, a_ptr, a_s_ptr, b_desc, b_s_ptr, out_ptr, out_s_ptr
                      UE8M0: tl.constexpr, A_TMA: tl.constexpr, RESCALE: tl.constexpr,
                      GROUP_M: tl.constexpr, FLAT: tl.constexpr,
                      WS: tl.constexpr, INNER_STAGES: tl.constexpr = None,
-                     ABLATE: tl.constexpr = False):
+                     ABLATE: tl.constexpr = False, RESCALE_FIRST: tl.constexpr = False):
     # A tile: BM sorted rows x 128 (one expert). B: SUBS sub-tiles of 128 weight rows,
     # sub-tile 1 at n_sub1 rows past sub-tile 0 (gate/up: I, the matching up rows; down:
     # 128, the next columns). SILU: out = quantized silu(gate)*up (cap, I) with K-major
@@ -252,14 +253,24 @@ def _moe_gemm_kernel(a_desc, a_ptr, a_s_ptr, b_desc, b_s_ptr, out_ptr, out_s_ptr
                 a = tl.load(a_ptr + tok[:, None] * (KB * 128) + kb * 128 + cols[None, :])
                 a_s = tl.load(a_s_ptr + tok * KB + kb)
             s0 = a_s * tl.load(ws0 + kb)
-            acc0 = _scaled_step(acc0, a, b_desc.load([b_row0, kb * 128]), s0, sp0, RESCALE,
-                                ABLATE)
-            sp0 = s0
-            if SUBS == 2:
+            if RESCALE_FIRST:
+                # Both accumulators rescaled, then both MMAs: one wait per step, no
+                # rescale overlapping an MMA of the same warpgroup.
                 s1 = a_s * tl.load(ws1 + kb)
-                acc1 = _scaled_step(acc1, a, b_desc.load([b_row1, kb * 128]), s1, sp1, RESCALE,
-                                    ABLATE)
+                x0 = acc0 * (sp0 / s0)[:, None]
+                x1 = acc1 * (sp1 / s1)[:, None]
+                acc0 = tl.dot(a, b_desc.load([b_row0, kb * 128]).T, x0)
+                acc1 = tl.dot(a, b_desc.load([b_row1, kb * 128]).T, x1)
                 sp1 = s1
+            else:
+                acc0 = _scaled_step(acc0, a, b_desc.load([b_row0, kb * 128]), s0, sp0, RESCALE,
+                                    ABLATE)
+                if SUBS == 2:
+                    s1 = a_s * tl.load(ws1 + kb)
+                    acc1 = _scaled_step(acc1, a, b_desc.load([b_row1, kb * 128]), s1, sp1,
+                                        RESCALE, ABLATE)
+                    sp1 = s1
+            sp0 = s0
         if RESCALE:
             acc0 = acc0 * sp0[:, None]
             acc1 = acc1 * sp1[:, None]
@@ -312,6 +323,7 @@ def _launch_gemm(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_block
         BM=bm, SUBS=subs, SILU=silu, UE8M0=ue8m0, A_TMA=a_tma, RESCALE=cfg.rescale,
         GROUP_M=cfg.group_m, FLAT=cfg.persistent and cfg.flatten, WS=cfg.warp_specialize,
         INNER_STAGES=stages if cfg.pipeline_scales else None, ABLATE=cfg.ablate_scales,
+        RESCALE_FIRST=cfg.rescale_first and cfg.rescale and subs == 2,
         num_warps=cfg.num_warps, num_stages=stages)
 
 
