@@ -39,6 +39,7 @@ VARIANTS = {
     "rescale both sub-tiles, then both MMAs (1 wait per step)": P(rescale_first=True),
     "st3/3": P(stages=3, down_stages=3),
     "down 128-wide, st5": P(down_subs=1, down_stages=5),
+    "down 128-wide, st3, 2 CTAs per SM": P(down_subs=1, down_stages=3, down_ctas_per_sm=2),
     "per-step scale (2 register sets; spills), down 128 st5": P(rescale=False, down_subs=1,
                                                                 down_stages=5),
     "pointer-gather A (no gather pass)": P(a_tma=False),

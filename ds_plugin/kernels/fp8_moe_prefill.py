@@ -54,6 +54,8 @@ class PrefillConfig:
     # (C7515: the per-tile accumulator reset lands inside the MMA pipeline). Kept to time it.
     flatten: bool = False
     ctas_per_sm: int = 1        # persistent grid = SMs * this (2 fits with bm64, stages 2)
+    down_ctas_per_sm: int = 1   # 2 fits the 128-wide down tile at 3 stages: one CTA's
+                                # epilogue overlaps the other's K loop (K is only 16 steps)
     group_m: int = 1            # m-blocks per band of the tile order (1: n fastest)
     warp_specialize: bool = False  # Triton's flag (a no-op on sm_90 in Triton 3.6)
     gluon_ws: bool = False      # fp8_moe_ws: Gluon loader warp + two consumer warpgroups
@@ -315,7 +317,8 @@ def _launch_gemm(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_block
     max_tiles = (cap // bm) * num_n
     progs = max_tiles
     if cfg.persistent:
-        progs = min(max_tiles, _num_sms(a.device) * cfg.ctas_per_sm)
+        progs = min(max_tiles, _num_sms(a.device) * (cfg.ctas_per_sm if silu
+                                                      else cfg.down_ctas_per_sm))
     _moe_gemm_kernel[(progs,)](
         a_desc, a, a_s, b_desc, w_s, out, out_s, sorted_ids, block_expert, num_blocks, topk_w,
         n_b, n_b // 2 if silu else 128, k // GROUP, num_pairs, top_k, cap, num_n, progs,
