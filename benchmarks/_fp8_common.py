@@ -163,8 +163,10 @@ def flashinfer_gemm_loop_peer(ids, w13, w13_s, w2, w2_s):
     counts = torch.bincount(ids.reshape(-1), minlength=e).tolist()
     rows = sum(counts)
     fp8 = torch.float8_e4m3fn
-    a, a_s = torch.randn(rows, h, device="cuda").to(fp8), torch.rand(rows, h // 128, device="cuda")
-    act, act_s = torch.randn(rows, i, device="cuda").to(fp8), torch.rand(rows, i // 128, device="cuda")
+    a = torch.randn(rows, h, device="cuda").to(fp8)
+    a_s = torch.rand(rows, h // 128, device="cuda")
+    act = torch.randn(rows, i, device="cuda").to(fp8)
+    act_s = torch.rand(rows, i // 128, device="cuda")
     starts = [0]
     for c in counts:
         starts.append(starts[-1] + c)

@@ -191,11 +191,11 @@ def launch_gemm_ws(a, a_s, w, w_s, out, out_s, sorted_ids, block_expert, num_blo
     e, n_b, k = w.shape
     cap = sorted_ids.numel()
     fp8 = gl.float8e4nv
-    a_desc = TensorDescriptor.from_tensor(a, [64, 128], gl.NVMMASharedLayout.get_default_for([64, 128], fp8))
-    b2 = w.view(e * n_b, k)
-    b_desc = TensorDescriptor.from_tensor(b2, [128, 128], gl.NVMMASharedLayout.get_default_for([128, 128], fp8))
-    as_flat = a_s.view(-1)
-    as_desc = TensorDescriptor.from_tensor(as_flat, [64], gl.NVMMASharedLayout.get_default_for([64], gl.float32))
+    layout = gl.NVMMASharedLayout.get_default_for
+    a_desc = TensorDescriptor.from_tensor(a, [64, 128], layout([64, 128], fp8))
+    b_desc = TensorDescriptor.from_tensor(w.view(e * n_b, k), [128, 128], layout([128, 128], fp8))
+    # K-major scales (K/128, cap) as one row: a step's 64 scales are one 256-byte TMA box.
+    as_desc = TensorDescriptor.from_tensor(a_s.view(-1), [64], layout([64], gl.float32))
     num_n = (n_b // 2) // 128 if silu else n_b // 256
     max_tiles = (cap // 128) * num_n
     sms = num_sms or torch.cuda.get_device_properties(a.device).multi_processor_count
