@@ -23,10 +23,16 @@ TORCH_FROM_M = {(2112, 7168): 128, (24576, 1536): 128, (32768, 512): 64, (7168, 
 TORCH_MIN_M = 128
 
 
+# torch 2.11's blockwise scaled_mm wants the weight's scales padded to a multiple of 4
+# K-blocks ("scale_b must have shape 4 x 56", H200 2026-12-02, K=256 and 384): K whole
+# groups of 4 x 128 take that path, any other K stays on our kernel.
+TORCH_K_MULTIPLE = 4 * BLOCK
+
+
 def gemm_path(m: int, n: int, k: int) -> str:
     """'torch' (blockwise scaled_mm) or 'triton' (fp8_block_gemm_nt) for an (M, N, K) GEMM.
-    torch's path needs K a whole number of 128-blocks (cuBLAS blockwise)."""
-    if k % BLOCK == 0 and m >= TORCH_FROM_M.get((n, k), TORCH_MIN_M):
+    torch's path needs K a whole number of 512-wide groups (cuBLAS blockwise scale layout)."""
+    if k % TORCH_K_MULTIPLE == 0 and m >= TORCH_FROM_M.get((n, k), TORCH_MIN_M):
         return "torch"
     return "triton"
 
@@ -49,7 +55,7 @@ def torch_path_agrees(w: torch.Tensor, w_s: torch.Tensor, dtype: torch.dtype) ->
     False when this torch/cuBLAS build rejects the shape or disagrees (beyond fp8 GEMM
     noise, calc_diff 1e-3); the layer then keeps to our kernel. Once per layer, at load.
     """
-    if w.shape[1] % BLOCK:
+    if w.shape[1] % TORCH_K_MULTIPLE:
         return False
     g = torch.Generator(device=w.device).manual_seed(0)
     a, a_s = fp8_act_quant(torch.randn(TORCH_MIN_M, w.shape[1], device=w.device,

@@ -356,8 +356,8 @@ def prefill_experts(x, topk_weights, topk_ids, w13, w13_s, w2, w2_s, ue8m0: bool
     Shapes as fp8_fused_moe; needs prefill_supported(H, I). x_quant: (q, s) of x when the
     caller has it already.
     """
-    cfg = config or prefill_config_for(m * topk_ids.shape[1], w13.shape[0])
     m, h = x.shape
+    cfg = config or prefill_config_for(m * topk_ids.shape[1], w13.shape[0])
     top_k = topk_ids.shape[1]
     e, n13, _ = w13.shape
     i = n13 // 2

@@ -188,8 +188,10 @@ def _mla_decode_merge_kernel(OP, LP, O, LSE, num_splits,
 
 
 def _config(block_h, block_n, stages, paged=True, cvt=0):
-    return triton.Config({"BLOCK_H": block_h, "BLOCK_N": block_n, "PAGED_TILE": paged, "FP8_CVT": cvt},
-                         num_warps=8, num_stages=stages)
+    # Every constexpr named, TMA included: Inductor's wrapper of a user kernel (torch.compile,
+    # vLLM's graphs) passes only what the config or the call names and fails on a missing one.
+    return triton.Config({"BLOCK_H": block_h, "BLOCK_N": block_n, "PAGED_TILE": paged, "FP8_CVT": cvt,
+                          "TMA": False}, num_warps=8, num_stages=stages)
 
 
 # The autotune spaces: the configs that won a grid point of the H200 sweep of 2026-12-02 (16/128

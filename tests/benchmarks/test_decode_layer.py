@@ -21,6 +21,7 @@ OUTPUTS = {"attn_in": ("q",), "attn": ("o_lat",), "attn_out": ("h",), "router": 
 # The plain-PyTorch attention rounds its scores to bf16 before the softmax (as a bf16 bmm
 # does), about 1% of each weight here; every other part differs by FP8 activation rounding.
 BUDGET = {"attn": 1e-2}
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # compiled Triton kernels need CUDA tensors
 
 
 @pytest.mark.parametrize("ep", [False, True], ids=["TP", "DP-attn+EP"])
@@ -28,7 +29,7 @@ def test_layer_variants_agree_part_by_part(ep):
     layout = L.Layout("tiny", ep=ep, dims=TINY, ranks=2)
     # A smooth softmax (small cached latents): a near-tie of the attention weights would
     # turn rounding differences into different outputs.
-    st = L.build(layout, 3, 80, "bf16", "cpu", page=16, cache_std=0.05)
+    st = L.build(layout, 3, 80, "bf16", DEV, page=16, cache_std=0.05)
     ours, ref = L.OursLayer(st, "torch"), L.TorchBf16Layer(st)
     st.t["h"] = st.t["h_in"]
     for (name, mine), (_, theirs) in zip(ours.parts, ref.parts):

@@ -1,5 +1,6 @@
 """fp8_linear, the served block-FP8 linear: activation quant + per-shape GEMM choice."""
 
+import pytest
 import torch
 
 from ds_plugin.kernels.fp8_format import quant_block, quant_groups
@@ -14,16 +15,19 @@ def test_gemm_path_switches_once_per_shape_and_needs_whole_k_blocks():
         paths = [gemm_path(m, n, k) for m in (1, m0 - 1, m0, 4 * m0)]
         assert paths == ["triton", "triton", "torch", "torch"], (n, k)
     assert gemm_path(4096, 256, 300) == "triton"  # cuBLAS blockwise needs K % 128 == 0
+    assert gemm_path(4096, 7168, 256) == "triton"  # ...and its scales a multiple of 4 K-blocks
 
 
-def test_matches_the_fp32_reference():
+@pytest.mark.parametrize("k", [384, 512])
+def test_matches_the_fp32_reference(k):
     g = torch.Generator().manual_seed(0)
-    q, s = quant_block(torch.randn(200, 384, generator=g) * 0.05)
+    q, s = quant_block(torch.randn(200, k, generator=g) * 0.05)
     q, s = q.to(DEV), s.to(DEV)
     ok = torch_path_agrees(q, s, torch.bfloat16)
-    assert ok == (DEV == "cuda")  # the CPU torch build has no blockwise scaled_mm
-    x = torch.randn(2, 3, 384, generator=g).to(torch.bfloat16).to(DEV)
+    # The CPU torch build has no blockwise scaled_mm; the CUDA one takes K = 4 x 128 x n only.
+    assert ok == (DEV == "cuda" and k % 512 == 0)
+    x = torch.randn(2, 3, k, generator=g).to(torch.bfloat16).to(DEV)
     y = fp8_linear(x, q, s, torch_ok=ok)
-    ref = ref_block_gemm_nt(*quant_groups(x.reshape(6, 384)), q, s).view(2, 3, 200).float()
+    ref = ref_block_gemm_nt(*quant_groups(x.reshape(6, k)), q, s).view(2, 3, 200).float()
     assert y.shape == (2, 3, 200)
     assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12).all()

@@ -160,11 +160,11 @@ def test_fused_moe_rejects_mismatched_experts():
 # The prefill path (fp8_moe_prefill): configs that change the code it compiles.
 PREFILL_CONFIGS = [PrefillConfig(), PrefillConfig(rescale=False, down_subs=1),
                    PrefillConfig(a_tma=False, block_m=64, persistent=False, group_m=4),
-                   PrefillConfig(rescale_first=True)]
+                   PrefillConfig(rescale_first=True), None]
 
 
 @pytest.mark.parametrize("cfg", PREFILL_CONFIGS,
-                         ids=["default", "per-step", "ptr-bm64", "rescale-first"])
+                         ids=["default", "per-step", "ptr-bm64", "rescale-first", "by-shape"])
 def test_prefill_path_matches_reference(cfg):
     # Skewed routing: one expert with several blocks, others empty, a partial block each.
     m, h, i, e, k = 21, 256, 256, 5, 2
