@@ -173,6 +173,9 @@ class DefaultRow:
     kv_dtype: str                                # "bf16", "fp8" or "*"
     order: tuple[str, ...]
     evidence: str
+    # Rows apply up to this many query heads per rank (None: any). Head count is what splits
+    # the measurements: TP8 gives 16 heads a rank (bandwidth-bound), DP attention 128.
+    max_heads: int | None = None
 
 
 # Chosen from measurements (benchmarks/bench_mla_adapters.py prints this table from a run).
@@ -182,10 +185,13 @@ DEFAULTS: tuple[DefaultRow, ...] = (
                "TFLOP/s at 128 heads, Triton 2.4-2.5 TB/s and 166 TFLOP/s; H200 2026-12-02 "
                "adapter bench: fa3 fastest on every 128-head row (0.55-0.77 of the bf16 mm "
                "rate), geomean best/own time fa3 1.00, fa2 0.66, triton 0.35"),
+    DefaultRow("sm90", "fp8", ("triton", "flashinfer-fa3"),
+               "H200 2026-12-02 bench_mla_decode (graph timing, page 64), 16 heads: Triton "
+               "faster than fa3 on all six rows, 1.35x (B1 4k) to 1.75x (B128 32k; 2100 vs "
+               "3667 us)", max_heads=32),
     DefaultRow("sm90", "fp8", ("flashinfer-fa3", "triton"),
-               "provisional, H200 2026-12-02 adapter bench (eager timing): mixed; FlashInfer "
-               "ahead at 128 heads and small batches, Triton 1.6-2.1x faster than fa3 at 16 "
-               "heads with batch 32-128 x 32k context; geomean fa2 0.85, fa3 0.81, triton 0.55"),
+               "H200 2026-12-02 bench_mla_decode, 128 heads: fa3 1.6-1.7x faster than Triton "
+               "at batch 32-128 (B128 32k 6889 vs 11530 us); Triton ahead only at B1 4k"),
     DefaultRow("cuda", "*", ("triton",), "the only adapter measured on other GPUs"),
     DefaultRow("cpu", "*", ("torch",), "the fp32 torch path; Triton only through the "
                                        "interpreter (DS_PLUGIN_TRITON_ON_CPU=1, tests)"),
@@ -200,12 +206,14 @@ def adapter_class(name: str) -> type[MLADecodeAdapter]:
     return getattr(importlib.import_module(module), cls)
 
 
-def default_row(plat: str, kv_dtype: str) -> DefaultRow:
-    """The default table's row for a platform ("sm90", ...; other GPUs fall to "cuda")."""
+def default_row(plat: str, kv_dtype: str, num_heads: int = 128) -> DefaultRow:
+    """The default table's row for a platform ("sm90", ...; other GPUs fall to "cuda"):
+    the first whose dtype and head bound cover the layer."""
     fallback = "cpu" if plat == "cpu" else "cuda"
     for wanted in (plat, fallback):
         for row in DEFAULTS:
-            if row.platform == wanted and row.kv_dtype in (kv_dtype, "*"):
+            if (row.platform == wanted and row.kv_dtype in (kv_dtype, "*")
+                    and (row.max_heads is None or num_heads <= row.max_heads)):
                 return row
     raise LookupError(f"no default MLA decode row for {plat}")
 
@@ -241,7 +249,7 @@ def choose(spec: DecodeSpec) -> Choice:
         order = ("triton",)
         evidence = "DS_PLUGIN_TRITON_ON_CPU=1 runs the GPU path on the interpreter"
     else:
-        row = default_row(plat, spec.kv_dtype)
+        row = default_row(plat, spec.kv_dtype, spec.num_heads)
         order, evidence = row.order, row.evidence
     skipped = []
     for name in order:

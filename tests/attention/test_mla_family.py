@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ds_plugin.attention import mla_family
-from ds_plugin.attention.mla_family import (ADAPTERS, DEFAULTS, DecodeSpec,
+from ds_plugin.attention.mla_family import (ADAPTERS, DEFAULTS, DecodeSpec, default_row,
                                             MLAKernelUnavailable, adapter_class, choose)
 
 CUDA = torch.cuda.is_available()
@@ -55,6 +55,15 @@ def test_every_adapter_declares_itself_and_imports_without_its_library():
     assert {("sm90", "bf16"), ("sm90", "fp8"), ("cuda", "*"), ("cpu", "*")} <= rows
     for row in DEFAULTS:
         assert all(name in ADAPTERS for name in row.order) and row.evidence
+
+
+def test_default_rows_split_by_heads_per_rank():
+    # The H200 FP8 measurements split by head count: Triton first at TP8's 16 heads a rank,
+    # fa3 first at DP attention's 128; bf16 has one row for both.
+    assert default_row("sm90", "fp8", 16).order[0] == "triton"
+    assert default_row("sm90", "fp8", 128).order[0] == "flashinfer-fa3"
+    assert default_row("sm90", "bf16", 16) is default_row("sm90", "bf16", 128)
+    assert default_row("sm100", "fp8", 16).platform == "cuda"
 
 
 @pytest.mark.parametrize("name", list(ADAPTERS))
@@ -137,7 +146,8 @@ def test_hopper_default_prefers_fa3_then_falls_back_to_triton_saying_why(monkeyp
     assert "passed over flashinfer-fa3: its library" in choice.reason
     monkeypatch.setattr(fa3, "refusal", classmethod(lambda cls, s: None))
     assert choose(spec()).name == "flashinfer-fa3"
-    assert choose(spec(kv_dtype="fp8")).name == "flashinfer-fa3"
+    assert choose(spec(kv_dtype="fp8", num_heads=128)).name == "flashinfer-fa3"
+    assert choose(spec(kv_dtype="fp8", num_heads=16)).name == "triton"  # measured faster
 
 
 def _ragged_batch(page):
