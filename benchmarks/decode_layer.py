@@ -259,7 +259,7 @@ class CublasBlockwiseLinear:
             a, a_s = fp8_act_quant(x2)
             try:
                 return blockwise_scaled_mm(a, a_s, w, s, x.dtype).view(*x.shape[:-1], w.shape[0])
-            except RuntimeError:
+            except (RuntimeError, ValueError):  # torch 2.11 raises ValueError for K % 512
                 self.refused.add(shape)
         return fp8_linear(x, w, s, torch_ok=False)
 
