@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from ds_plugin._vllm.parsers import (DeltaFunctionCall, DeltaMessage, DeltaToolCall,
                                      ExtractedToolCallInformation, FunctionCall, ToolCall,
                                      ToolParser, make_tool_call_id)
+from ds_plugin.parsers.scan import TOOL_MARKERS
+from ds_plugin.parsers.tokens import TokenBoundary, atomic_markers
 from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStream,
                                           ToolFormat, parse_tool_calls)
 
@@ -37,7 +39,9 @@ class _DeepSeekToolParser(ToolParser):
 
     def __init__(self, tokenizer, tools=None):
         super().__init__(tokenizer, tools)
-        self._stream = ToolCallStream(self.FORMAT)
+        self._atomic = atomic_markers(tokenizer, TOOL_MARKERS)
+        self._boundary = TokenBoundary(tokenizer)
+        self._stream = ToolCallStream(self.FORMAT, self._atomic)
         self._ids: list[str] = []
 
     def _warn_unknown(self, name: str) -> None:
@@ -53,7 +57,7 @@ class _DeepSeekToolParser(ToolParser):
         if _tools_off(request):
             return ExtractedToolCallInformation(tools_called=False, tool_calls=[],
                                                      content=model_output)
-        result = parse_tool_calls(model_output, self.FORMAT)
+        result = parse_tool_calls(model_output, self.FORMAT, self._atomic)
         calls = []
         for call in result.calls:
             self._warn_unknown(call.name)
@@ -76,7 +80,8 @@ class _DeepSeekToolParser(ToolParser):
                                      delta_token_ids: Sequence[int], request):
         if _tools_off(request):
             return DeltaMessage(content=delta_text) if delta_text else None
-        return self._to_delta(self._stream.feed(delta_text))
+        aligned = self._boundary.advance(delta_text, delta_token_ids)
+        return self._to_delta(self._stream.feed(delta_text, aligned))
 
     def finish_streaming(self):
         # vLLM calls this once the output is complete, because engine_based_streaming.
