@@ -30,7 +30,8 @@ from ds_plugin._vllm.parsers import DeltaMessage, ReasoningParser, VLLMValidatio
 from ds_plugin.parsers.reasoning import ThinkStream, split_reasoning
 from ds_plugin.parsers.scan import (CALL_BEGIN, CALLS_BEGIN, THINK_END, THINK_START,
                                     TOOL_MARKERS)
-from ds_plugin.parsers.thinking_budget import BudgetError, resolve_thinking_budget
+from ds_plugin.parsers.thinking_budget import (OPENS_WITH_OUTPUT, BudgetError,
+                                               resolve_thinking_budget)
 from ds_plugin.parsers.tokens import TokenBoundary, atomic_markers
 
 __all__ = ["DeepSeekR1ReasoningParser", "DeepSeekV3ReasoningParser"]
@@ -151,6 +152,11 @@ class DeepSeekR1ReasoningParser(ReasoningParser):
             raise VLLMValidationError(str(e), parameter=e.parameter, value=e.value) from e
         if budget is not None and hasattr(request, "thinking_token_budget"):
             request.thinking_token_budget = budget
+            if self.thinking:
+                # This parser reads the output as thoughts from its first token unless
+                # the prompt closed them; vLLM's budget counts only from a <think> it
+                # sees, so tell the engine (ds_plugin/patches/thinking_budget.py).
+                request.vllm_xargs = {**(request.vllm_xargs or {}), OPENS_WITH_OUTPUT: True}
         return request
 
 

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 from ds_plugin._vllm.parsers import (DeltaFunctionCall, DeltaMessage, DeltaToolCall,
                                      ExtractedToolCallInformation, FunctionCall, ToolCall,
-                                     ToolParser, make_tool_call_id)
+                                     ToolParser, VLLMValidationError, make_tool_call_id)
 from ds_plugin.parsers.scan import TOOL_MARKERS
 from ds_plugin.parsers.tokens import TokenBoundary, atomic_markers
 from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStream,
                                           ToolFormat, parse_tool_calls)
+from ds_plugin.parsers.tool_schema import ToolSchemaError, check_tool_schemas
 
 __all__ = ["DeepSeekV3ToolParser", "DeepSeekV31ToolParser"]
 
@@ -52,6 +53,15 @@ class _DeepSeekToolParser(ToolParser):
         if known and name not in known:
             log.warning("ds-plugin: model called unknown tool %r (request offers %s)",
                         name, sorted(known))
+
+    def adjust_request(self, request):
+        # vLLM runs this for every request with tools unless tool_choice is "none" (and
+        # then too when a reasoning parser is set), after rendering, before sampling.
+        try:
+            check_tool_schemas(getattr(request, "tools", None))
+        except ToolSchemaError as e:
+            raise VLLMValidationError(str(e), parameter=e.parameter, value=e.value) from e
+        return super().adjust_request(request)
 
     def extract_tool_calls(self, model_output: str, request):
         if _tools_off(request):
