@@ -14,9 +14,12 @@ boundary (`tokens.py`), so text that merely looks like a marker's start goes out
 `engine_based_streaming` makes vLLM's DelegatingParser ask this parser, not the token
 ids, when the reasoning ended (`has_engine_confirmed_reasoning_end`) and call
 `finish_streaming()` at the end of a stream still thinking: the only way it hears that
-the output is complete, so a cut-off thought ending in "<" keeps its "<". Unlike vLLM's `deepseek_v3`, the V3 parser built without
-request kwargs (how vLLM's ReasoningConfig builds it) still names `<think>`/`</think>`,
-so `thinking_token_budget` works with it.
+the output is complete, so a cut-off thought ending in "<" keeps its "<".
+
+Unlike vLLM's `deepseek_v3`, the V3 parser built without request kwargs (how vLLM's
+ReasoningConfig builds it) still names `<think>`/`</think>`, so `thinking_token_budget`
+works with it. A budgeted request whose thoughts open with the output (no `<think>`
+needed) is marked for the engine; see ds_plugin/patches/thinking_budget.py.
 
 Both fold SGLang's `custom_params.thinking_budget` into `thinking_token_budget` in
 `adjust_request` (see `thinking_budget.py`).
