@@ -28,7 +28,7 @@ serving.py (1) — finish_reason "length" for a non-streamed tool call cut off b
            test_cut_off_inside_a_call, non-streaming half).
 
 serving.py (2) — a JSON bool as `vllm_xargs.thinking_budget` is an HTTP 400.
-  Target:  OpenAIServingChat.create_chat_completion (vLLM 0.32).
+  Target:  vllm.entrypoints.openai.chat_completion.serving.OpenAIServingChat.create_chat_completion
   Why:     ChatCompletionRequest types vllm_xargs values `str | int | float | list`, so
            pydantic turns `true`/`false` into 1/0 before any hook sees it; the budget
            parser cannot tell `true` from `1`. No upstream issue (vLLM-wide coercion).
@@ -37,11 +37,12 @@ serving.py (2) — a JSON bool as `vllm_xargs.thinking_budget` is an HTTP 400.
   Remove:  when vLLM validates vllm_xargs values strictly.
 
 thinking_budget.py — budget thoughts that open with the output, without a <think>.
-  Target:  V1 model runner (the CPU build; CUDA with VLLM_USE_V2_MODEL_RUNNER=0):
-           vllm.v1.sample.thinking_budget_state.ThinkingBudgetStateHolder.sync_batch and
-           .update_state. V2 model runner (CUDA's default): vllm.v1.worker.gpu.sample
-           .thinking_budget.ThinkingBudgetState.add_request and .apply_staged_writes
-           (vLLM 0.32).
+  Target:  vllm.v1.sample.thinking_budget_state.ThinkingBudgetStateHolder.sync_batch
+  Target:  vllm.v1.sample.thinking_budget_state.ThinkingBudgetStateHolder.update_state
+  Target:  vllm.v1.worker.gpu.sample.thinking_budget.ThinkingBudgetState.add_request
+  Target:  vllm.v1.worker.gpu.sample.thinking_budget.ThinkingBudgetState.apply_staged_writes
+           (vLLM 0.32; the first two are the V1 model runner's, run by the CPU build and by
+           CUDA with VLLM_USE_V2_MODEL_RUNNER=0, the last two the V2 runner's, CUDA's default.)
   Why:     vLLM counts thinking only after the last start marker it finds in the prompt
            or the output. DeepSeek's parsers (R1 always, V3.1 with thinking on) read the
            output as thoughts from its first token unless the prompt closed them, which
