@@ -74,11 +74,12 @@ def register() -> None:
     """
     if not _allowed_by_vllm_plugins():
         return
-    from ds_plugin import _vllm, envs
+    from ds_plugin import _vllm, envs, patches
 
     if not _vllm.version_supported():
         return
     _vllm.patch_tokenizer_loading()
+    patches.apply_parser_patches()
     for arch, target in MODELS.items():
         _vllm.register_model(arch, target)
     for name, (module, cls) in TOOL_PARSERS.items():

@@ -97,3 +97,31 @@ def fp8_server(tiny_ckpt_fp8: Path):
     with VllmServer(tiny_ckpt_fp8, args=args,
                     log_path=tiny_ckpt_fp8.parent / "fp8-server.log") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def r1_server(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server as DeepSeek-R1 is served: R1's tokenizer (<think>/</think> single tokens),
+    `--reasoning-parser deepseek-r1` (always thinking) and the plugin's R1 template, whose
+    generation prompt opens the thoughts with "<think>\\n" as R1-0528's does.
+
+    The session server cannot be this one: its V3 tokenizer spells <think> as plain text
+    (no budget can count from it) and its `deepseek-v3` parser thinks only when asked,
+    which its other tests rely on. Module-scoped (tests/e2e/test_parsers_e2e.py only) and
+    small: it runs beside the session server. Eager, as fp8_server: it tests parsing and
+    the thinking budget (sampler code), which compilation does not touch.
+    """
+    from ds_plugin.parsers.templates import template_path
+    from ds_plugin.testing.checkpoint import write_tokenizer
+    from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+
+    tokenizer = write_tokenizer(tmp_path_factory.mktemp("tok") / "deepseek-r1-tokenizer",
+                                name="deepseek-r1")
+    args = [*CPU_DEFAULT_ARGS, "--gpu-memory-utilization", "0.1", "--enforce-eager",
+            "--served-model-name", SERVED_NAME, "--tokenizer", str(tokenizer),
+            "--chat-template", str(template_path("deepseekr1")),
+            "--enable-auto-tool-choice", "--tool-call-parser", "deepseekv3",
+            "--reasoning-parser", "deepseek-r1",
+            "--logits-processors", "ds_plugin.testing.forced_output:ForcedOutput"]
+    with VllmServer(tiny_ckpt, args=args, log_path=tiny_ckpt.parent / "r1-server.log") as srv:
+        yield srv

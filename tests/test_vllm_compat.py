@@ -187,3 +187,23 @@ def test_seam_as_a_package(tmp_path):
     broken = _report(tmp_path, lambda s: s.replace("def hook(self, x, y)", "def hook(self, x, y, z)"),
                      ours=ours)
     assert "vllm.base:Impl.hook: new required parameter 'z'" in _errors(broken)
+
+
+def test_patch_targets_from_the_ledger(tmp_path):
+    # Each `Target:` line names one patched vLLM member; a long name goes on with a line that
+    # starts at its `.`. A target that went away, or whose signature changed, is an error.
+    ledger = '''"""Ledger.
+
+    one.py
+      Target:  vllm.base.make (vLLM 0.32).
+    two.py
+      Target:  vllm.base.Impl
+               .hook (vLLM 0.32).
+    """
+    '''
+    ours = {**OURS, "ds_plugin/patches/__init__.py": ledger}
+    report = _report(tmp_path, ours=ours)
+    assert report.ok and report.counts["patch targets"] == 2, report.format()
+    gone = _report(tmp_path, lambda s: s.replace("def hook(self, x, y)", "def hooked(self, x, y)")
+                   .replace("impl.hook(1, 2)", "impl.hooked(1, 2)"), ours=ours)
+    assert "vllm.base.Impl.hook: patch target not found" in _errors(gone), gone.format()

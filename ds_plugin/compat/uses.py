@@ -89,12 +89,27 @@ def collect(ours: SourceTree) -> Uses:
         (uses.seam_imports if in_seam else uses.violations).extend(found)
         _visit(m, m.tree.body, Scope(m), None, uses)
         if name == "ds_plugin.patches":
-            for line in (ast.get_docstring(m.tree) or "").splitlines():
-                if line.strip().startswith("Target:"):
-                    uses.patch_targets.append((line.split("Target:", 1)[1].split()[0], m.path))
+            uses.patch_targets.extend((t, m.path) for t in _ledger_targets(m))
         if name == "ds_plugin":
             uses.models = _models_table(m)
     return uses
+
+
+def _ledger_targets(m: Module) -> list[str]:
+    """The dotted names on the ledger's `Target:` lines. A name too long for one line goes on
+    at the start of the next, from its `.`."""
+    targets: list[str] = []
+    continues = False
+    for line in (ast.get_docstring(m.tree) or "").splitlines():
+        words = line.split()
+        if len(words) > 1 and words[0] == "Target:":
+            targets.append(words[1])
+            continues = True
+        elif continues and words and words[0].startswith(".") and len(words[0]) > 1:
+            targets[-1] += words[0]
+        else:
+            continues = False
+    return targets
 
 
 def _visit(m: Module, body: list[ast.stmt], scope: Scope, cls: Ref | None, uses: Uses) -> None:

@@ -12,10 +12,18 @@ installed):
 
 A thinking budget is `thinking_token_budget: N`, or SGLang's `custom_params:
 {"thinking_budget": N}`, or `vllm_xargs: {"thinking_budget": N}` (needs a reasoning
-parser); a negative or non-integer budget is an HTTP 400.
+parser); anything but an integer from 0 to 2**31 - 1 (a bool included) is an HTTP 400
+naming the field. It counts from wherever the thoughts opened: a `<think>` in the prompt
+or the output, or the output's first token (R1 after a tool result).
 
-Layout: `scan`, `tool_calls`, `reasoning`, `thinking_budget`, `templates` are pure
-Python (no vLLM); `vllm_tool_parser` and `vllm_reasoning_parser` adapt them to vLLM.
+Requests are checked before the model sees them: a tool whose `parameters` is not JSON
+Schema, and (with the templates here) a message role the template cannot render, are an
+HTTP 400 naming the tool and field, or the role.
+
+Layout: `scan`, `tokens`, `tool_calls`, `tool_schema`, `reasoning`, `thinking_budget`,
+`templates` are pure Python (no vLLM); `vllm_tool_parser` and `vllm_reasoning_parser`
+adapt them to vLLM. What vLLM's own code must do differently is in ds_plugin/patches.
 """
 
-__all__ = ["reasoning", "scan", "templates", "thinking_budget", "tool_calls"]
+__all__ = ["reasoning", "scan", "templates", "thinking_budget", "tokens", "tool_calls",
+           "tool_schema"]

@@ -7,6 +7,12 @@ fields, and `vllm_xargs: {"thinking_budget": N}` is the vLLM-native spelling of 
 same. The reasoning parser's `adjust_request` hook, which runs before sampling
 parameters are built, folds either into `thinking_token_budget`, so all three spellings
 drive the same mechanism and behave the same.
+
+A budget is an integer from 0 to MAX_BUDGET = 2**31 - 1 in every spelling. The bound is
+what the engine can hold: the V2 model runner keeps budgets as int32, and a larger
+integer does not survive the request's trip to the engine (an HTTP 500 with no message
+before this check). Any budget above the context length already means "unlimited", so
+the bound refuses only numbers no request can mean.
 """
 
 from __future__ import annotations
@@ -14,9 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BudgetError", "resolve_thinking_budget"]
+__all__ = ["BudgetError", "MAX_BUDGET", "OPENS_WITH_OUTPUT", "resolve_thinking_budget"]
 
 KEY = "thinking_budget"
+MAX_BUDGET = 2**31 - 1
+# Set by the reasoning parsers in a budgeted request's vllm_xargs (the sampling params'
+# extra_args) when they read its output as thoughts from the first token unless the
+# prompt closed them; ds_plugin/patches/thinking_budget.py reads it in the engine.
+OPENS_WITH_OUTPUT = "ds_plugin_thoughts_open_with_output"
 
 
 class BudgetError(ValueError):
@@ -38,6 +49,9 @@ def _checked(value: Any, parameter: str) -> int | None:
     if value < 0:
         raise BudgetError(f"{parameter} must be a non-negative integer, got {value}",
                           parameter, value)
+    if value > MAX_BUDGET:
+        raise BudgetError(f"{parameter} must be at most {MAX_BUDGET}, got {value}",
+                          parameter, value)
     return value
 
 
@@ -49,7 +63,7 @@ def resolve_thinking_budget(builtin: int | None, custom_params: Any,
     """
     found: dict[str, int] = {}
     if builtin is not None:
-        found["thinking_token_budget"] = builtin
+        found["thinking_token_budget"] = _checked(builtin, "thinking_token_budget")
     if custom_params is not None:
         if not isinstance(custom_params, Mapping):
             raise BudgetError(f"custom_params must be an object, got {custom_params!r}",

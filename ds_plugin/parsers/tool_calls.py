@@ -20,7 +20,8 @@ deltas split. What it guarantees:
 * Output cut off inside a call (max_tokens) keeps the calls with complete names; the
   cut call's arguments are what was generated, less a trailing part that could still
   have been the closing fence or marker. Content that merely looks like the start of a
-  marker ("x <") is held back while more may come and released by `finish()`.
+  marker ("x <") is held back while more may come and released by `finish()`, or at
+  once when the feed ends on a token boundary and the marker is a single token.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ _FENCE_CHARS = frozenset(" \t\r\n`")
 # Markers that end a call's arguments: its own end, or (when the model forgets it) the
 # next call or the end of the block, which are then parsed again.
 _ARG_ENDS = (CALL_END, CALL_BEGIN, CALLS_END)
+# Markers expected between calls.
+_BLOCK_MARKERS = (CALL_BEGIN, CALLS_END, CALLS_BEGIN)
 
 # A call head ("function<｜tool▁sep｜>NAME\n" or "NAME<｜tool▁sep｜>") is short (OpenAI
 # caps names at 64 characters); one this long without its delimiter is returned as
@@ -98,10 +101,17 @@ class ToolDelta:
 
 
 class ToolCallStream:
-    """Feed text in order; each `feed` returns the content and call pieces it settled."""
+    """Feed text in order; each `feed` returns the content and call pieces it settled.
 
-    def __init__(self, fmt: ToolFormat):
+    `atomic` names the markers the tokenizer writes as one token; a feed with
+    `aligned=True` ends on a token boundary, so it cannot end inside one of them (see
+    ds_plugin/parsers/tokens.py).
+    """
+
+    def __init__(self, fmt: ToolFormat, atomic: frozenset[str] = frozenset()):
         self.fmt = fmt
+        self._atomic = atomic
+        self._aligned = False
         self.calls: list[ToolCall] = []
         self.content = ""
         self.markup_seen = False  # any tool markup consumed (even if no call resulted)
@@ -111,8 +121,9 @@ class ToolCallStream:
         self._fenced = False
         self._args_sent = 0  # chars of the argument text (at _buf[0]) already emitted
 
-    def feed(self, text: str) -> ToolDelta:
+    def feed(self, text: str, aligned: bool = False) -> ToolDelta:
         self._buf += text
+        self._aligned = aligned
         out = ToolDelta()
         step = (self._step_text, self._step_block, self._step_head, self._step_fence,
                 self._step_args)
@@ -133,12 +144,22 @@ class ToolCallStream:
         self.content += out.content
         return out
 
+    def _may_start(self, markers: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of `markers` that the end of the buffer may still be the start of."""
+        if not self._aligned:
+            return markers
+        return tuple(m for m in markers if m not in self._atomic)
+
+    def _partial_tail(self, text: str, markers: tuple[str, ...]) -> int:
+        markers = self._may_start(markers)
+        return partial_tail(text, markers) if markers else 0
+
     # -- states: each consumes what it can settle, returns True when it changed state
 
     def _step_text(self, out: ToolDelta) -> bool:
         hit = find_first(self._buf, (CALLS_BEGIN, CALL_BEGIN))
         if hit is None:
-            keep = partial_tail(self._buf, (CALLS_BEGIN, CALL_BEGIN))
+            keep = self._partial_tail(self._buf, (CALLS_BEGIN, CALL_BEGIN))
             out.content += self._buf[:len(self._buf) - keep]
             self._buf = self._buf[len(self._buf) - keep:]
             return False
@@ -169,7 +190,7 @@ class ToolCallStream:
         if rest.startswith(CALLS_BEGIN):  # a repeated block opener: nothing to report
             self._buf = rest[len(CALLS_BEGIN):]
             return True
-        if any(m.startswith(rest) for m in (CALL_BEGIN, CALLS_END, CALLS_BEGIN)):
+        if any(m.startswith(rest) for m in self._may_start(_BLOCK_MARKERS)):
             return False
         self._state = _TEXT
         return True
@@ -249,7 +270,7 @@ class ToolCallStream:
         return True
 
     def _held_back(self, buf: str) -> int:
-        held = partial_tail(buf, _ARG_ENDS)
+        held = self._partial_tail(buf, _ARG_ENDS)
         if self._fenced:  # also hold whitespace/backticks that may open the close fence
             start = len(buf) - held
             while start > 0 and buf[start - 1] in _FENCE_CHARS:
@@ -272,9 +293,11 @@ class ToolCallResult:
     markup_seen: bool
 
 
-def parse_tool_calls(text: str, fmt: ToolFormat) -> ToolCallResult:
-    """Non-streaming parse: the same machine fed the whole output at once."""
-    stream = ToolCallStream(fmt)
-    stream.feed(text)
+def parse_tool_calls(text: str, fmt: ToolFormat,
+                     atomic: frozenset[str] = frozenset()) -> ToolCallResult:
+    """Non-streaming parse: the same machine fed the whole output at once (which ends on
+    a token boundary, as the last delta of a stream does)."""
+    stream = ToolCallStream(fmt, atomic)
+    stream.feed(text, aligned=True)
     stream.finish()
     return ToolCallResult(stream.content, stream.calls, stream.markup_seen)

@@ -6,11 +6,20 @@ request's `chat_template_kwargs` has `thinking` (SGLang's and V3.1's template ke
 `enable_thinking` set, the same switch the V3.1 chat template renders from.
 
 Both are text-driven (see `reasoning.py`), so they work on the V3 tokenizer too, where
-`<think>` is not a single token. Token ids serve only the id-only callers (the
+`<think>` is not a single token. Token ids serve the id-only callers (the
 structured-output engine): `is_reasoning_end*`, `extract_content_ids`,
-`count_reasoning_tokens`. Unlike vLLM's `deepseek_v3`, the V3 parser built without
-request kwargs (how vLLM's ReasoningConfig builds it) still names `<think>`/`</think>`,
-so `thinking_token_budget` works with it.
+`count_reasoning_tokens`; in streaming they only tell whether a delta ends on a token
+boundary (`tokens.py`), so text that merely looks like a marker's start goes out at once.
+
+`engine_based_streaming` makes vLLM's DelegatingParser ask this parser, not the token
+ids, when the reasoning ended (`has_engine_confirmed_reasoning_end`) and call
+`finish_streaming()` at the end of a stream still thinking: the only way it hears that
+the output is complete, so a cut-off thought ending in "<" keeps its "<".
+
+Unlike vLLM's `deepseek_v3`, the V3 parser built without request kwargs (how vLLM's
+ReasoningConfig builds it) still names `<think>`/`</think>`, so `thinking_token_budget`
+works with it. A budgeted request whose thoughts open with the output (no `<think>`
+needed) is marked for the engine; see ds_plugin/patches/thinking_budget.py.
 
 Both fold SGLang's `custom_params.thinking_budget` into `thinking_token_budget` in
 `adjust_request` (see `thinking_budget.py`).
@@ -22,13 +31,18 @@ from collections.abc import Iterable, Sequence
 
 from ds_plugin._vllm.parsers import DeltaMessage, ReasoningParser, VLLMValidationError
 from ds_plugin.parsers.reasoning import ThinkStream, split_reasoning
-from ds_plugin.parsers.scan import CALL_BEGIN, CALLS_BEGIN, THINK_END, THINK_START
-from ds_plugin.parsers.thinking_budget import BudgetError, resolve_thinking_budget
+from ds_plugin.parsers.scan import (CALL_BEGIN, CALLS_BEGIN, THINK_END, THINK_START,
+                                    TOOL_MARKERS)
+from ds_plugin.parsers.thinking_budget import (OPENS_WITH_OUTPUT, BudgetError,
+                                               resolve_thinking_budget)
+from ds_plugin.parsers.tokens import TokenBoundary, atomic_markers
 
 __all__ = ["DeepSeekR1ReasoningParser", "DeepSeekV3ReasoningParser"]
 
 
 class DeepSeekR1ReasoningParser(ReasoningParser):
+    engine_based_streaming = True
+
     def __init__(self, tokenizer, *args, **kwargs):
         super().__init__(tokenizer, *args, **kwargs)
         self.thinking = self._thinking(kwargs.get("chat_template_kwargs") or {})
@@ -38,8 +52,9 @@ class DeepSeekR1ReasoningParser(ReasoningParser):
         # Ids that end the reasoning for id-only callers (mirrors the text rule).
         self._end_ids = {i for i in (self.end_token_id, vocab.get(CALLS_BEGIN),
                                      vocab.get(CALL_BEGIN)) if i is not None}
-        self._stream = ThinkStream(self.thinking)
-        self._seen = ""
+        self._stream = ThinkStream(self.thinking, atomic_markers(
+            tokenizer, (THINK_START, THINK_END, *TOOL_MARKERS)))
+        self._boundary = TokenBoundary(tokenizer)
         self._text_driven = False  # set once text arrives: then the text decides
         self._prompt_closed = False
 
@@ -108,17 +123,25 @@ class DeepSeekR1ReasoningParser(ReasoningParser):
                                     delta_text: str, previous_token_ids: Sequence[int],
                                     current_token_ids: Sequence[int],
                                     delta_token_ids: Sequence[int]):
+        # delta_text only: current_text is cumulative or not depending on the tool
+        # parser vLLM pairs this one with (StreamState.engine_based).
         self._text_driven = True
-        if current_text.startswith(self._seen):
-            new_text = current_text[len(self._seen):]
-        else:
-            new_text = delta_text
-        self._seen += new_text
-        delta = self._stream.feed(new_text)
+        aligned = self._boundary.advance(delta_text, delta_token_ids)
+        return self._to_delta(self._stream.feed(delta_text, aligned))
+
+    def has_engine_confirmed_reasoning_end(self) -> bool:
+        return self._stream.reasoning_ended
+
+    def finish_streaming(self):
+        # vLLM calls this when the reasoning ended (nothing is held then) and at the end
+        # of a stream that is still thinking, because engine_based_streaming.
+        return self._to_delta(self._stream.finish())
+
+    @staticmethod
+    def _to_delta(delta):
         if not delta:
             return None
-        return DeltaMessage(reasoning=delta.reasoning or None,
-                                 content=delta.content or None)
+        return DeltaMessage(reasoning=delta.reasoning or None, content=delta.content or None)
 
     # -- request
 
@@ -132,6 +155,11 @@ class DeepSeekR1ReasoningParser(ReasoningParser):
             raise VLLMValidationError(str(e), parameter=e.parameter, value=e.value) from e
         if budget is not None and hasattr(request, "thinking_token_budget"):
             request.thinking_token_budget = budget
+            if self.thinking:
+                # This parser reads the output as thoughts from its first token unless
+                # the prompt closed them; vLLM's budget counts only from a <think> it
+                # sees, so tell the engine (ds_plugin/patches/thinking_budget.py).
+                request.vllm_xargs = {**(request.vllm_xargs or {}), OPENS_WITH_OUTPUT: True}
         return request
 
 

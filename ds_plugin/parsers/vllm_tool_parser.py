@@ -14,9 +14,12 @@ from collections.abc import Sequence
 
 from ds_plugin._vllm.parsers import (DeltaFunctionCall, DeltaMessage, DeltaToolCall,
                                      ExtractedToolCallInformation, FunctionCall, ToolCall,
-                                     ToolParser, make_tool_call_id)
+                                     ToolParser, VLLMValidationError, make_tool_call_id)
+from ds_plugin.parsers.scan import TOOL_MARKERS
+from ds_plugin.parsers.tokens import TokenBoundary, atomic_markers
 from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStream,
                                           ToolFormat, parse_tool_calls)
+from ds_plugin.parsers.tool_schema import ToolSchemaError, check_tool_schemas
 
 __all__ = ["DeepSeekV3ToolParser", "DeepSeekV31ToolParser"]
 
@@ -37,7 +40,9 @@ class _DeepSeekToolParser(ToolParser):
 
     def __init__(self, tokenizer, tools=None):
         super().__init__(tokenizer, tools)
-        self._stream = ToolCallStream(self.FORMAT)
+        self._atomic = atomic_markers(tokenizer, TOOL_MARKERS)
+        self._boundary = TokenBoundary(tokenizer)
+        self._stream = ToolCallStream(self.FORMAT, self._atomic)
         self._ids: list[str] = []
 
     def _warn_unknown(self, name: str) -> None:
@@ -49,11 +54,20 @@ class _DeepSeekToolParser(ToolParser):
             log.warning("ds-plugin: model called unknown tool %r (request offers %s)",
                         name, sorted(known))
 
+    def adjust_request(self, request):
+        # vLLM runs this for every request with tools unless tool_choice is "none" (and
+        # then too when a reasoning parser is set), after rendering, before sampling.
+        try:
+            check_tool_schemas(getattr(request, "tools", None))
+        except ToolSchemaError as e:
+            raise VLLMValidationError(str(e), parameter=e.parameter, value=e.value) from e
+        return super().adjust_request(request)
+
     def extract_tool_calls(self, model_output: str, request):
         if _tools_off(request):
             return ExtractedToolCallInformation(tools_called=False, tool_calls=[],
                                                      content=model_output)
-        result = parse_tool_calls(model_output, self.FORMAT)
+        result = parse_tool_calls(model_output, self.FORMAT, self._atomic)
         calls = []
         for call in result.calls:
             self._warn_unknown(call.name)
@@ -76,7 +90,8 @@ class _DeepSeekToolParser(ToolParser):
                                      delta_token_ids: Sequence[int], request):
         if _tools_off(request):
             return DeltaMessage(content=delta_text) if delta_text else None
-        return self._to_delta(self._stream.feed(delta_text))
+        aligned = self._boundary.advance(delta_text, delta_token_ids)
+        return self._to_delta(self._stream.feed(delta_text, aligned))
 
     def finish_streaming(self):
         # vLLM calls this once the output is complete, because engine_based_streaming.

@@ -120,11 +120,12 @@ def test_thinking_off_leaves_think_text_in_content(server):
 def test_cut_off_inside_a_call(server):
     text = "Sure." + B + v3_call("get_weather", W) + E
     n = len(forced(text, eos=False)) - 8  # stop inside the arguments
-    (full, _), (streamed, sfin) = both(server, body(text, max_tokens=n))
+    (full, fin), (streamed, sfin) = both(server, body(text, max_tokens=n))
     assert full == streamed
     assert full["content"] == "Sure." and full["calls"][0][0] == "get_weather"
     assert W.startswith(full["calls"][0][1]) and full["calls"][0][1] != W
-    assert sfin == "length"
+    # max_tokens cut it: "length" (the OpenAI meaning) both ways, not "tool_calls".
+    assert fin == sfin == "length"
 
 
 THOUGHTS = " ".join(f"step{i}" for i in range(16))
@@ -153,14 +154,35 @@ def test_thinking_budget_same_for_every_request_shape(server):
     {"custom_params": {"thinking_budget": "10"}}, {"vllm_xargs": {"thinking_budget": -4}},
     {"thinking_token_budget": -5}, {"thinking_token_budget": 1.5},
     {"thinking_token_budget": 5, "custom_params": {"thinking_budget": 6}},
+    # Integers no engine can hold (an HTTP 500 with an empty message before), and bools.
+    {"thinking_token_budget": 10**30}, {"custom_params": {"thinking_budget": 10**30}},
+    {"vllm_xargs": {"thinking_budget": 10**30}}, {"thinking_token_budget": 1e30},
+    {"thinking_token_budget": True}, {"custom_params": {"thinking_budget": True}},
+    {"vllm_xargs": {"thinking_budget": True}}, {"vllm_xargs": {"thinking_budget": False}},
 ])
 def test_bad_thinking_budget_is_400(server, bad):
     req = {"model": SERVED_NAME, "max_tokens": 4, "chat_template_kwargs": {"thinking": True},
            "messages": [{"role": "user", "content": "hi"}], **bad}
     status, resp = server.post("/v1/chat/completions", req)
     assert status == 400, resp
+    assert next(iter(bad)) in resp["error"]["message"], resp  # names the field
     status, _ = server.post("/v1/chat/completions", body("ok", tools=False))
     assert status == 200  # and the server keeps serving
+
+
+@pytest.mark.parametrize("parameters,field", [
+    ({"type": 123}, "tools[0].function.parameters.type"),
+    ({"type": "object", "properties": {"city": {"type": "strng"}}},
+     "tools[0].function.parameters.properties.city.type"),
+])
+def test_tool_schema_that_is_not_json_schema_is_400(server, parameters, field):
+    req = body("ok", tools=False)
+    req["tools"] = [{"type": "function", "function": {"name": "broken", "parameters": parameters}}]
+    status, resp = server.post("/v1/chat/completions", req)
+    assert status == 400, resp
+    assert field in resp["error"]["message"] and "'broken'" in resp["error"]["message"]
+    status, _ = server.post("/v1/chat/completions", body("ok"))
+    assert status == 200
 
 
 def test_tool_choice_required_under_vllm_grammar(server):
@@ -176,3 +198,68 @@ def test_tool_choice_required_under_vllm_grammar(server):
     (full, fin), (streamed, sfin) = both(server, req)
     assert full == streamed == {"content": "", "reasoning": "", "calls": [("get_weather", args)]}
     assert fin == sfin == "tool_calls"
+
+
+# -- DeepSeek-R1 as served: R1 tokenizer, `deepseek-r1` parser, the R1 template ----------
+
+R1_EOS = 1
+
+
+def r1_ids(text: str) -> list[int]:
+    return load_tokenizer("deepseek-r1")(text, add_special_tokens=False)["input_ids"]
+
+
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+# After a tool result R1's template opens no thoughts: the prompt ends with
+# <｜tool▁outputs▁end｜>, and the parser reads the output as thoughts from its start.
+AFTER_TOOL = [*ASK,
+              {"role": "assistant", "content": "", "tool_calls": [{
+                  "id": "c1", "type": "function",
+                  "function": {"name": "get_weather", "arguments": "{}"}}]},
+              {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+THOUGHT_IDS = r1_ids(THOUGHTS)
+
+
+def r1_reasoning(r1_server, messages, opener: str, budget_shape: dict):
+    req = {"model": SERVED_NAME, "temperature": 0, "max_tokens": 256, "messages": messages,
+           "vllm_xargs": {"force_ids": r1_ids(opener) + THOUGHT_IDS + r1_ids("</think>Answer.")
+                          + [R1_EOS]}}
+    for key, value in budget_shape.items():
+        if key == "vllm_xargs":
+            req["vllm_xargs"].update(value)
+        else:
+            req[key] = value
+    (full, _), (streamed, _) = both(r1_server, req)
+    assert full == streamed
+    return full["reasoning"]
+
+
+def shapes(budget: int) -> list[dict]:
+    return [{"thinking_token_budget": budget}, {"custom_params": {"thinking_budget": budget}},
+            {"vllm_xargs": {"thinking_budget": budget}}]
+
+
+@pytest.mark.parametrize("budget", [0, 1, 5])
+def test_r1_budget_counts_from_wherever_the_thoughts_opened(r1_server, budget):
+    decode = load_tokenizer("deepseek-r1").decode
+    # Opened in the prompt by the template ("<think>\n"; vLLM counts the "\n"), in the
+    # output by the model, or by the output's start with no <think> at all.
+    in_prompt = {r1_reasoning(r1_server, ASK, "", s) for s in shapes(budget)}
+    in_output = {r1_reasoning(r1_server, AFTER_TOOL, "<think>\n", s) for s in shapes(budget)}
+    unmarked = {r1_reasoning(r1_server, AFTER_TOOL, "", s) for s in shapes(budget)}
+    assert len(in_prompt) == len(in_output) == len(unmarked) == 1  # every shape alike
+    (in_prompt,), (in_output,), (unmarked,) = in_prompt, in_output, unmarked
+    want = decode(THOUGHT_IDS[:max(budget - 1, 0)])
+    assert in_prompt == want and in_output == ("\n" + want if budget else "")
+    assert unmarked == decode(THOUGHT_IDS[:budget])
+    assert r1_reasoning(r1_server, AFTER_TOOL, "", {}) == THOUGHTS  # no budget: all
+
+
+def test_r1_template_refuses_a_role_it_cannot_render(r1_server):
+    req = {"model": SERVED_NAME, "max_tokens": 4,
+           "messages": [*ASK, {"role": "wizard", "content": "abracadabra"}]}
+    status, resp = r1_server.post("/v1/chat/completions", req)
+    assert status == 400 and "'wizard'" in resp["error"]["message"], resp
+    req["messages"] = [{"role": "developer", "content": "Be brief."}, *ASK]
+    status, resp = r1_server.post("/v1/chat/completions", req)
+    assert status == 200, resp

@@ -62,6 +62,15 @@ def _prompt_ids(tokenizer: str, thinking: bool) -> tuple[int, ...]:
     return tuple(tok(text, add_special_tokens=False)["input_ids"])
 
 
+@functools.lru_cache(maxsize=None)
+def serving_tokenizer(name: str):
+    """The real tokenizer `name` as vLLM's server holds it: behind vLLM's caching proxy,
+    so a parser built per request finds the vocabulary as cheaply as it does there."""
+    from tests.helpers.vllm_api import get_cached_tokenizer
+
+    return get_cached_tokenizer(load_tokenizer(name))
+
+
 def compose(tool_cls, reasoning_cls):
     """The per-request parser class vLLM's ParserManager builds for these two."""
     from tests.helpers.vllm_probe import delegating_parser_base
@@ -72,7 +81,7 @@ def compose(tool_cls, reasoning_cls):
 
 
 def _new(parser_cls, case: Case, request):
-    return parser_cls(load_tokenizer(tokenizer_for(case)), request.tools,
+    return parser_cls(serving_tokenizer(tokenizer_for(case)), request.tools,
                       chat_template_kwargs={"thinking": case.thinking}, model_config=None)
 
 

@@ -10,10 +10,10 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.inputs import TokensPrompt
 from vllm.plugins import load_general_plugins
 from vllm.reasoning import ReasoningParserManager
-from vllm.tokenizers.hf import CachedHfTokenizer
+from vllm.tokenizers.hf import CachedHfTokenizer, get_cached_tokenizer
 from vllm.tool_parsers import ToolParserManager
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 __all__ = ["LLM", "BatchUpdate", "CachedHfTokenizer", "EngineArgs", "MoveDirectionality",
            "ReasoningParserManager", "SamplingParams", "ToolParserManager", "TokensPrompt",
-           "load_general_plugins", "set_current_vllm_config"]
+           "get_cached_tokenizer", "load_general_plugins", "set_current_vllm_config"]

@@ -108,3 +108,11 @@ def linear_layers() -> SimpleNamespace:
 
     return SimpleNamespace(MergedColumnParallelLinear=MergedColumnParallelLinear,
                            ReplicatedLinear=ReplicatedLinear, RowParallelLinear=RowParallelLinear)
+
+
+def v2_thinking_budget_source() -> tuple[str, str]:
+    """(path, source) of the V2 model runner's thinking-budget module (its Triton kernels)."""
+    from vllm.v1.worker.gpu.sample import thinking_budget as module
+
+    with open(module.__file__) as f:
+        return module.__file__, f.read()

@@ -107,3 +107,24 @@ def test_r1_drops_earlier_thoughts():
     text = render("deepseekr1", messages)[1]
     assert "secret" not in text and "<｜Assistant｜>answer<｜end▁of▁sentence｜>" in text
     assert split_reasoning("secret</think>answer") == ("secret", "answer")
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_a_role_the_template_cannot_render_is_refused_by_name(name):
+    # The checkpoint's templates drop such a message from the prompt without a word;
+    # vLLM turns a template's exception into an HTTP 400 carrying its message.
+    from jinja2.exceptions import TemplateError
+
+    messages = [{"role": "user", "content": "q"}, {"role": "wizard", "content": "abracadabra"}]
+    with pytest.raises(TemplateError, match="role 'wizard'"):
+        render(name, messages)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_a_developer_message_is_a_system_message(name):
+    # OpenAI's newer clients send instructions as "developer"; dropping them is silent.
+    as_developer = render(name, [{"role": "developer", "content": "Be brief."},
+                                 {"role": "user", "content": "q"}])[1]
+    as_system = render(name, [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": "q"}])[1]
+    assert as_developer == as_system and "Be brief." in as_system

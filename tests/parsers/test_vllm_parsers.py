@@ -195,3 +195,26 @@ def test_tool_choice_none_keeps_markup_as_content(with_reasoning, managers):
                   for i, (t, ids) in enumerate(chunks)]
         assert "".join(d.content or "" for d in deltas if d) == case.text
         assert not any(d.tool_calls for d in deltas if d)
+
+
+@pytest.mark.parametrize("tool", ["deepseekv3", "deepseekv31"])
+@pytest.mark.parametrize("parameters,field", [
+    ({"type": 123}, "tools[1].function.parameters.type"),
+    ({"type": "object", "properties": {"city": {"type": "strng"}}},
+     "tools[1].function.parameters.properties.city.type"),
+    ({"type": "object", "required": "city"}, "tools[1].function.parameters.required"),
+])
+def test_a_tool_schema_that_is_not_json_schema_is_refused(tool, parameters, field, managers):
+    from ds_plugin._vllm.parsers import ChatCompletionRequest, VLLMValidationError
+
+    tools, _ = managers
+    good = {"type": "function", "function": {"name": "ok", "parameters": {"type": "object"}}}
+    bad = {"type": "function", "function": {"name": "broken", "parameters": parameters}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}], "tools": [good, bad]}
+    request = ChatCompletionRequest.model_validate(body)  # vLLM's own model accepts it
+    parser = tools.get_tool_parser(tool)(load_tokenizer("deepseek-v3"), request.tools)
+    with pytest.raises(VLLMValidationError) as err:
+        parser.adjust_request(request)
+    assert err.value.parameter == field and "'broken'" in str(err.value)
+    fine = ChatCompletionRequest.model_validate({**body, "tools": [good]})
+    assert parser.adjust_request(fine) is fine
