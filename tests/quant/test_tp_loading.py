@@ -9,7 +9,7 @@ tensor and compares what landed with tp_shard's slice of it, bitwise, weights an
 The parameters come NaN-poisoned (scales) or uninitialised (weights), so equality also
 proves every element was written. Sizes are small, with the per-rank block structure of
 DeepSeek-V3 (at TP 8 each rank keeps at least one 128-block) plus partial K blocks where
-the method allows them; expert shares that split a 128-block are refused at build.
+the method allows them; per-rank sizes that split a 128-block are refused at build.
 """
 
 import itertools
@@ -110,6 +110,31 @@ def test_linear_ranks_load_tp_shard_slices(name, tp):
         _assert_same(f"{tag} weight", layer.weight.data, want[0])
         _assert_same(f"{tag} weight_scale_inv", layer.weight_scale_inv.data, want[1])
         layer.quant_method.process_weights_after_loading(layer)  # the method accepts it
+
+
+# (kind, output sizes, K, tp, refused): per-rank sizes that split a 128-block. vLLM's v1
+# loaders shard a block scale by ceil(per-rank size / 128) from r * that: once a rank starts
+# inside a block that is another rank's scale row (accepted silently) or past the end, and
+# one of the rank's fp8 blocks would need two checkpoint scales. The method refuses the
+# layer when it is built.
+SPLIT_BLOCKS = [
+    ("column", [768], 256, 4, True),  # 192 rows per rank
+    ("merged", [1024, 1024], 256, 16, True),  # 64 rows of each part per rank
+    ("row", [256], 2304, 2, False),  # 1152 columns per rank: whole blocks (control)
+    ("row", [256], 1536, 8, True),  # 192 columns per rank
+]
+
+
+@pytest.mark.parametrize("kind, outs, k, tp, refused", SPLIT_BLOCKS)
+def test_linear_rank_splitting_a_block_is_refused_at_build(kind, outs, k, tp, refused):
+    for r in (0, tp - 1):
+        prefix = _prefix(f"{kind}_proj")
+        with as_tp_rank(tp, r):
+            if not refused:
+                _built(_build_linear(kind, outs, k, prefix), tp, r, prefix)
+                continue
+            with pytest.raises(ValueError, match=rf"{prefix}: TP {tp} gives each rank .*128"):
+                _build_linear(kind, outs, k, prefix)
 
 
 # (hidden, intermediate, experts): at TP 8 each rank keeps one 128-wide intermediate block.
