@@ -59,7 +59,8 @@ def _assert_same(tag, got, want):
 
 def _built(layer, tp, r, tag):
     # A vLLM that read the rank somewhere as_tp_rank does not answer would build TP=1.
-    assert (layer.tp_size, layer.tp_rank) == (tp, r), f"{tag}: built as {layer.tp_rank}/{layer.tp_size}"
+    got = (layer.tp_size, layer.tp_rank)
+    assert got == (tp, r), f"{tag}: built as rank {got[1]} of {got[0]}"
     assert isinstance(layer.quant_method, DSBlockFp8LinearMethod), type(layer.quant_method)
     return layer
 
