@@ -7,8 +7,11 @@ the ranks as the model does and compares with the TP=1 run of the same kernel an
 fp32 twin. CUDA: DeepSeek-V3 sizes. CPU: the Triton interpreter at small sizes with the
 same per-rank block structure (at TP 8 every rank keeps at least one 128-block).
 
-Bounds, in bf16 units (half an ulp is at most 2**-8 of the value; F = 2**-12 max|ref|, the
-suite's floor for sums that cancel to near zero, test_fp8_gemm):
+Bounds, in bf16 units (F = 2**-12 max|ref|, the suite's floor for sums that cancel to near
+zero, test_fp8_gemm). R is one kernel store's rounding: half an ulp (at most 2**-8 of the
+value) on the GPU; the Triton interpreter truncates fp32 -> bf16, so R = 2**-7 on CPU. A
+torch round (the all-reduce's sum) is half an ulp, H = 2**-8. Below, 2**-8 stands for R
+where a kernel rounded.
 - Column-parallel (q_b_proj, kv_b_proj) and merged (gate_up): every rank quantizes the same
   activations, and its rows are a subset of TP=1's, so an output is the same fp32 sum in
   another order, rounded once: |tp - tp1| <= 2**-8 (|tp| + |tp1|) + F (one ulp).
@@ -46,6 +49,10 @@ CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 TPS = (2, 4, 8)
 HALF_ULP = 2 ** -8
+# A kernel's fp32 -> bf16 store: round-to-nearest on the GPU (half an ulp, at most 2**-8 of
+# the value), truncation under the Triton interpreter (measured: every output of
+# fp8_block_gemm_nt equals the fp32 reference truncated), up to a whole ulp (2**-7).
+KERNEL_ROUND = HALF_ULP if CUDA else 2 ** -7
 
 # name -> (kind, output sizes, K). Real: DeepSeek-V3; small: the same per-rank block counts
 # scaled down (18432 / 8 = 18 blocks of down_proj becomes 3072 / 8 = 3).
@@ -117,7 +124,8 @@ def test_column_parallel_ranks_concatenate_to_tp1(name, m):
     tp1 = {"served": _served_linear(x, w1, s1), "triton": fp8_block_gemm_nt(a, a_s, w1, s1)}
     floor = _floor(ref)
     for path, y1 in tp1.items():
-        _assert_bound(f"{name} TP=1 {path} vs fp32", y1, ref, HALF_ULP * 2 * y1.float().abs() + floor)
+        _assert_bound(f"{name} TP=1 {path} vs fp32", y1, ref,
+                      KERNEL_ROUND * 2 * y1.float().abs() + floor)
     for tp in TPS:
         got = {p: torch.full_like(y, float("nan")) for p, y in tp1.items()}
         for r in range(tp):
@@ -129,8 +137,8 @@ def test_column_parallel_ranks_concatenate_to_tp1(name, m):
             y1 = tp1[path]
             tag = f"{name} M={m} TP={tp} {path}"
             _assert_bound(f"{tag} vs TP=1", y, y1,
-                          HALF_ULP * (y.float().abs() + y1.float().abs()) + floor)
-            _assert_bound(f"{tag} vs fp32", y, ref, HALF_ULP * 2 * y.float().abs() + floor)
+                          KERNEL_ROUND * (y.float().abs() + y1.float().abs()) + floor)
+            _assert_bound(f"{tag} vs fp32", y, ref, KERNEL_ROUND * 2 * y.float().abs() + floor)
 
 
 @pytest.mark.parametrize("m", LINEAR_M)
@@ -161,10 +169,11 @@ def test_row_parallel_partials_sum_to_tp1(name, m):
             partial_mass = torch.stack(ps).float().abs().sum(0)
             y1 = tp1[path]
             tag = f"{name} M={m} TP={tp} {path}"
-            _assert_bound(f"{tag} vs TP=1", y, y1, HALF_ULP * (
-                y.float().abs() + y1.float().abs() + partial_mass) + floor)
+            # y: torch's round-to-nearest of the sum; y1 and the partials: the kernel's.
+            _assert_bound(f"{tag} vs TP=1", y, y1, HALF_ULP * y.float().abs() + KERNEL_ROUND * (
+                y1.float().abs() + partial_mass) + floor)
             _assert_bound(f"{tag} vs fp32", y, ref,
-                          HALF_ULP * (y.float().abs() + partial_mass) + floor)
+                          HALF_ULP * y.float().abs() + KERNEL_ROUND * partial_mass + floor)
 
 
 def _routing(m, e, k, seed):
