@@ -67,7 +67,7 @@ LINEARS = {
 }
 LINEAR_M = (1, 300) if CUDA else (1, 37)
 # (hidden, intermediate, experts, top_k), batches
-MOE = (7168, 2048, 256, 8) if CUDA else (256, 1024, 8, 2)
+MOE = (7168, 2048, 256, 8) if CUDA else (128, 1024, 4, 2)
 MOE_M = (1, 64) if CUDA else (5,)
 PER_RANK_REF_M = 16  # the fp32 loop per rank only for batches up to this (GPU time)
 W4A8_SCALES = {"dynamic": (None, None), "static": (0.02, 0.004)}
