@@ -285,6 +285,21 @@ def _paged_cache(seq_lens, page, dim, gen, dtype, k_scale):
     return cache.to(dtype).to(DEV), table.to(DEV)
 
 
+def _same_heads(name, got, want, cpu_rtol, cpu_atol):
+    """Bitwise on the GPU. The interpreter's tl.dot (numpy) may round a head's row
+    differently at another row of the BLOCK_H tile (measured: lse off by 6e-8 .. 9e-8, an
+    fp32 ulp of its max or sum term, at TP 2 and 4), so on CPU: one bf16 ulp of out, a few
+    fp32 ulps of lse (absolute: lse = max + log(sum) carries its terms' absolute error)."""
+    if CUDA:
+        assert torch.equal(got, want), f"{name} differs from TP=1"
+        return
+    assert torch.equal(got.isinf(), want.isinf()), f"{name}: -inf rows differ from TP=1"
+    fin = want.isfinite()
+    torch.testing.assert_close(got[fin].float(), want[fin].float(), rtol=cpu_rtol,
+                               atol=cpu_atol,
+                               msg=lambda m: f"{name} vs TP=1: {m}")
+
+
 # (rank, rope, heads, batch lengths, s_q values, config, SMs the split policy sizes for)
 MLA = (dict(rank=512, rope=64, heads=128, page=64, s_q=(1,), cache=("bf16",),
             lens=[0, 1, 2, 63, 64, 65, 127, 500, 1000, 2047, 2048, 3000, 4097, 5000, 7000, 8192],
@@ -327,8 +342,8 @@ def test_mla_decode_head_shards_are_tp1_slices(s_q, cache_dtype):
             hs = slice(r * h, (r + 1) * h)
             qr = tp_shard.heads(q, tp, r)
             out, lse = decode(qr, splits1)
-            assert torch.equal(out, out1[:, :, hs]), f"TP={tp} rank {r}: out differs from TP=1"
-            assert torch.equal(lse, lse1[:, :, hs]), f"TP={tp} rank {r}: lse differs from TP=1"
+            _same_heads(f"TP={tp} rank {r} out", out, out1[:, :, hs], 2 ** -7, 0.0)
+            _same_heads(f"TP={tp} rank {r} lse", lse, lse1[:, :, hs], 2 ** -22, 2 ** -20)
             out, lse = decode(qr, splits)
             want = ref_out[:, :, hs]
             _assert_bound(f"TP={tp} rank {r} ({splits} splits) vs fp32", out, want,
