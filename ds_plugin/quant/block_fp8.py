@@ -154,6 +154,16 @@ class DSBlockFp8LinearMethod(LinearMethodBase):
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs) -> None:
         n, k = sum(output_partition_sizes), input_size_per_partition
+        tp = getattr(layer, "tp_size", 1)
+        split_rows = n != output_size and any(p % BLOCK for p in output_partition_sizes)
+        if split_rows or (k != input_size and k % BLOCK):
+            # A rank starting inside a 128x128 block would need two checkpoint scales for
+            # one of its blocks; vLLM's loaders would hand it another rank's scale rows.
+            what = (f"output rows {output_partition_sizes}" if split_rows
+                    else f"input columns {k} (of {input_size})")
+            raise ValueError(f"{self.prefix}: TP {tp} gives each rank {what}, not whole "
+                             f"{BLOCK}x{BLOCK} weight blocks; use a TP size that divides "
+                             f"them into multiples of {BLOCK}")
         if any(p % BLOCK for p in output_partition_sizes[:-1]):
             # A merged layer's shards must start on block boundaries, or one scale row
             # would cover two shards' weights (only the last may end in a partial block,

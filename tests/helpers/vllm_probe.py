@@ -116,3 +116,43 @@ def v2_thinking_budget_source() -> tuple[str, str]:
 
     with open(module.__file__) as f:
         return module.__file__, f.read()
+
+
+# Every place vLLM 0.32 reads the tensor-parallel rank or size while it builds a linear or
+# MoE layer and shards what its weight loaders copy (linear.py: the layers; parameter.py:
+# BasevLLMParameter's stamp; fused_moe/layer.py: the MoE's TP size; fused_moe/config.py:
+# FusedMoEParallelConfig's rank). Each module bound the function by name at import.
+_TP_READERS = (
+    ("vllm.model_executor.layers.linear", "get_tensor_model_parallel_rank"),
+    ("vllm.model_executor.layers.linear", "get_tensor_model_parallel_world_size"),
+    ("vllm.model_executor.parameter", "get_tensor_model_parallel_rank"),
+    ("vllm.model_executor.parameter", "get_tensor_model_parallel_world_size"),
+    ("vllm.model_executor.layers.fused_moe.layer", "get_tensor_model_parallel_world_size"),
+    ("vllm.model_executor.layers.fused_moe.config", "get_tensor_model_parallel_rank"),
+)
+
+
+@contextlib.contextmanager
+def as_tp_rank(tp: int, rank: int):
+    """Inside single_rank_context: layers built here are rank `rank` of `tp` to vLLM.
+
+    Building a layer and loading its weights communicate nothing; they only read the
+    rank and size, which this answers at the places listed above (as ColumnParallelLinear's
+    own tp_rank / tp_size override does for that class). Callers check the built layer's
+    tp_rank / tp_size, so a vLLM that reads them elsewhere fails loudly, not silently.
+    """
+    import importlib
+
+    answers = {"get_tensor_model_parallel_rank": lambda: rank,
+               "get_tensor_model_parallel_world_size": lambda: tp}
+    saved = []
+    try:
+        for module, name in _TP_READERS:
+            mod = importlib.import_module(module)
+            saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, answers[name])
+        yield
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+
