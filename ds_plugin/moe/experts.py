@@ -1,11 +1,11 @@
-"""Routed-expert execution shared by the plugin's MoE quant methods (ds_fp8, w4afp8).
+"""Routed-expert execution shared by the plugin's MoE quant methods (ds_fp8, w4afp8, int8).
 
 A method owns its checkpoint layout and load-time checks; at load it picks one of these
 classes for the device, and its `apply` only calls the chosen one:
 
-- `TritonFp8Experts` / `TritonW4A8Experts`: block-FP8 / packed int4 weights kept as stored,
-  our fused Triton MoEs (CUDA, or the Triton interpreter on CPU when a test asks for the
-  CUDA-side code).
+- `TritonFp8Experts` / `TritonW4A8Experts` / `TritonInt8Experts`: block-FP8 / packed int4 /
+  int8 weights kept as stored, our fused Triton MoEs (CUDA, or the Triton interpreter on CPU
+  when a test asks for the CUDA-side code).
 - `CpuGroupedExperts`: weights dequantized to the model dtype once at load; each expert runs
   only on the tokens routed to it (grouped by expert), so a token costs top-k expert FFNs,
   not E of them. vLLM traces the MoE layer's forward with Dynamo on CPU, and the per-expert
@@ -99,6 +99,20 @@ class TritonFp8Experts:
         weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
         return fp8_fused_moe(x, weights, ids, layer.w13_weight, layer.w13_weight_scale_inv,
                              layer.w2_weight, layer.w2_weight_scale_inv)
+
+
+class TritonInt8Experts:
+    """INT8 experts (per-channel or block scales, as the method found them) on our fused
+    Triton INT8 MoE (kernels.int8_moe); the layer names its scales w13/w2_int8_scale."""
+
+    name = "CUDA int8 (Triton fused MoE, activations quantized per token)"
+
+    def __call__(self, layer, x, topk_weights, topk_ids) -> torch.Tensor:
+        from ds_plugin.kernels.int8_moe import int8_fused_moe
+
+        weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
+        return int8_fused_moe(x, weights, ids, layer.w13_weight, layer.w13_int8_scale,
+                              layer.w2_weight, layer.w2_int8_scale)
 
 
 class TritonW4A8Experts:
