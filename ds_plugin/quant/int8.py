@@ -237,7 +237,8 @@ class DSInt8LinearMethod(LinearMethodBase):
         tp_out = output_size // n
         stored = {None: (output_size, input_size)}
         if len(output_partition_sizes) > 1:
-            stored.update({i: (p * tp_out, input_size) for i, p in enumerate(output_partition_sizes)})
+            stored.update({i: (p * tp_out, input_size)
+                           for i, p in enumerate(output_partition_sizes)})
         layer.orig_dtype = params_dtype
         layer.logical_widths = output_partition_sizes
         weight = ModelWeightParameter(
