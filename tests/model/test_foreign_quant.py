@@ -86,7 +86,8 @@ def test_model_builds_every_layer_with_the_format_and_loads_every_tensor(ckpts, 
     cat_dim = 1 if fmt == "awq" else 0  # AWQ stores (K, N/8): output columns on dim 1
     assert torch.equal(fused, torch.cat([q_part, kv_part], dim=cat_dim))
     m = "model.layers.1.mlp."
-    w13, w2 = params[f"{m}experts.routed_experts.w13_{w}"], params[f"{m}experts.routed_experts.w2_{w}"]
+    experts = f"{m}experts.routed_experts."
+    w13, w2 = params[f"{experts}w13_{w}"], params[f"{experts}w2_{w}"]
     for e in (0, cfg.n_routed_experts - 1):
         gate, up = sd[f"{m}experts.{e}.gate_proj.{w}"], sd[f"{m}experts.{e}.up_proj.{w}"]
         assert torch.equal(w13[e], torch.cat([gate, up], dim=cat_dim)), e
