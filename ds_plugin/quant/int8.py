@@ -102,6 +102,11 @@ class _Int8Config(QuantizationConfig):
     def get_config_filenames() -> list[str]:
         return []
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> _Int8Config:
+        return cls(config.get("ignored_layers") or config.get("ignore")
+                   or config.get("modules_to_not_convert"))
+
     def is_ignored(self, prefix: str) -> bool:
         for p in self.ignored_layers:
             # compressed-tensors' `ignore` entries: module names, or "re:" patterns matched
@@ -135,8 +140,7 @@ class DSW8A8Int8Config(_Int8Config):
         if config.get("quant_method") in _CT and not is_ct_int8_channel(config):
             raise ValueError("w8a8_int8: the compressed-tensors config is not int8 per-channel "
                              "weights with dynamic per-token int8 activations")
-        return cls(config.get("ignored_layers") or config.get("ignore")
-                   or config.get("modules_to_not_convert"))
+        return super().from_config(config)
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg: dict[str, Any], user_quant: str | None,
