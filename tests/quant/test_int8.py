@@ -329,3 +329,45 @@ def test_generated_checkpoints_share_one_exact_bf16_twin(tmp_path):
         assert torch.equal(twin_ch[k], twin_bl[k]), k
         if raw_ch[k].dtype == torch.int8:
             assert torch.equal(twin_ch[k].float(), v), k  # int8 x 2^k is exact in bf16
+
+
+def test_block_checkpoint_loads_the_whole_model_as_its_twin(tmp_path):
+    """Every layer of a blockwise_int8 tiny checkpoint through our loader and the CPU path
+    (in process, as vLLM's loader drives it) holds the bf16 twin's weights bitwise."""
+    from ds_plugin.model.deepseek_v3 import DeepseekV3ForCausalLM
+    from tests.helpers.vllm_api import EngineArgs, set_current_vllm_config
+
+    path = write_checkpoint(tmp_path / "bl", TinyConfig(n_shards=1), quant="int8-block")
+    twin = read_state_dict(write_bf16_twin(path, tmp_path / "twin"), dequantize=False)
+    cfg = EngineArgs(model=str(path), skip_tokenizer_init=True, enforce_eager=True,
+                     max_model_len=512, gpu_memory_utilization=0.15).create_engine_config()
+    assert cfg.model_config.quantization == "blockwise_int8"
+    with single_rank_context(), set_current_vllm_config(cfg):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = DeepseekV3ForCausalLM(vllm_config=cfg)
+        finally:
+            torch.set_default_dtype(default)
+        model.load_weights(iter(read_state_dict(path, dequantize=False).items()))
+        ours = [m for m in model.modules()
+                if isinstance(getattr(m, "quant_method", None), (DSInt8LinearMethod,
+                                                                  DSInt8MoEMethod))]
+        for m in ours:
+            m.quant_method.process_weights_after_loading(m)
+    assert len(ours) >= 5 * model.cfg.num_hidden_layers
+    p = dict(model.named_parameters())
+    a = "model.layers.1.self_attn."
+    assert torch.equal(p[a + "fused_qkv_a_proj.weight"],
+                       torch.cat([twin[a + "q_a_proj.weight"],
+                                  twin[a + "kv_a_proj_with_mqa.weight"]]))
+    assert torch.equal(p[a + "kv_b_proj.weight"], twin[a + "kv_b_proj.weight"])
+    m = "model.layers.1.mlp."
+    for e in range(model.cfg.n_routed_experts):
+        assert torch.equal(p[m + "experts.routed_experts.w13_weight"][e],
+                           torch.cat([twin[f"{m}experts.{e}.gate_proj.weight"],
+                                      twin[f"{m}experts.{e}.up_proj.weight"]]))
+        assert torch.equal(p[m + "experts.routed_experts.w2_weight"][e],
+                           twin[f"{m}experts.{e}.down_proj.weight"])
+    assert torch.equal(p["model.layers.0.mlp.down_proj.weight"],
+                       twin["model.layers.0.mlp.down_proj.weight"])
