@@ -156,7 +156,8 @@ def test_split_k_and_tiles_agree(split, blockwise):
 
 
 def test_channel_products_are_exact_in_int32():
-    # Extreme codes over a long K: an fp32 accumulator would round, int32 does not.
+    # Extreme codes over a long K in one K pass (no split): an fp32 accumulator would round,
+    # int32 does not, and the one conversion to fp32 rounds as the exact sum's does.
     k = 16384
     a = torch.full((2, k), 127, dtype=torch.int8, device=DEV)
     a[1, ::2] = -127
@@ -164,7 +165,8 @@ def test_channel_products_are_exact_in_int32():
     b[2, 1::3] = 1
     ones_a = torch.ones(2, 1, device=DEV)
     ones_b = torch.ones(3, 1, device=DEV)
-    out = int8_gemm_nt(a, ones_a, b, ones_b, out_dtype=torch.float32)
+    cfg = GemmConfig(block_m=16, block_n=32, num_warps=4, num_stages=2, split_k=1)
+    out = int8_gemm_nt(a, ones_a, b, ones_b, out_dtype=torch.float32, config=cfg)
     exact = (a.double() @ b.double().t()).float()
     assert torch.equal(out, exact)
 
