@@ -105,14 +105,15 @@ def test_act_quant_reads_strided_rows_and_names_bad_input():
 
 @pytest.mark.parametrize("gran", GRANS)
 def test_silu_mul_quant_within_one_code(gran):
-    # The kernel's silu and torch's differ by an fp32 ulp, which may flip a rounding tie:
-    # at most one code, and the scales agree to fp32 rounding.
+    # The kernel's silu (on a GPU, a hardware exp approximation) and torch's differ by a few
+    # fp32 ulps, which may flip a rounding tie: at most one code, and the scales agree to a
+    # few fp32 ulps.
     g = torch.Generator(device=DEV).manual_seed(5)
     gu = (torch.randn(6, 2 * 640, generator=g, device=DEV) * 2).to(torch.bfloat16)
     q, s = int8_silu_mul_quant(gu, gran)
     q2, s2 = quant_act(ref_silu_mul(gu), gran)
     assert (q.int() - q2.int()).abs().max() <= 1
-    assert torch.allclose(s, s2, rtol=2 ** -20, atol=0)
+    assert torch.allclose(s, s2, rtol=2 ** -18, atol=0)
 
 
 # -- GEMM ------------------------------------------------------------------------------
