@@ -14,6 +14,10 @@
   32-bit word of 8 values has bytes 1 and 2 swapped and every nibble stored offset-binary
   (v + 8, i.e. XOR 8). Lanes of a word then split into (v0, v2), (v1, v3), (v4, v6),
   (v5, v7) with one mask each, which is what the kernel's fp16 expansion wants.
+- Tiled kernel layout (`to_tiles`, on top of the kernel layout, optional): the 64-byte
+  pieces (one row's 128-value group) reordered so that each block of TILE_ROWS rows stores
+  group 0 of its rows, then group 1, ...: a GEMM program's K step then reads whole
+  contiguous 4 KB tiles instead of 64 bytes from each of 64 rows.
 
 Pure torch, production code (checkpoint generator, CPU dequantizing path, references).
 """
@@ -25,6 +29,7 @@ import torch
 from ds_plugin.kernels.fp8_format import FP8, round_scale_ue8m0
 
 GROUP = 128
+TILE_ROWS = 64
 INT4_MIN, INT4_MAX = -8, 7
 
 
@@ -103,6 +108,29 @@ def to_kernel_layout(p: torch.Tensor) -> torch.Tensor:
 
 
 from_kernel_layout = to_kernel_layout
+
+
+def _tile_view(p: torch.Tensor, who: str) -> torch.Tensor:
+    *lead, n, kp = p.shape
+    if p.dtype != torch.int8 or n % TILE_ROWS or (2 * kp) % GROUP:
+        raise ValueError(f"{who}: int8 (..., N, K/2) with N a multiple of {TILE_ROWS} and K "
+                         f"of {GROUP}, got {p.dtype} {tuple(p.shape)}")
+    return p.reshape(*lead, n // TILE_ROWS, TILE_ROWS, 2 * kp // GROUP, GROUP // 2)
+
+
+def to_tiles(p: torch.Tensor) -> torch.Tensor:
+    """(..., N, K/2) int8 -> the tiled layout, same shape: byte (n, 64g + b) moves to row
+    block n // 64, group g, row n % 64, byte b. Rows and groups only move, so it applies on
+    top of to_kernel_layout (either order)."""
+    return _tile_view(p, "to_tiles").transpose(-3, -2).reshape(p.shape).contiguous()
+
+
+def from_tiles(p: torch.Tensor) -> torch.Tensor:
+    """The inverse of to_tiles."""
+    *lead, n, kp = p.shape
+    t = _tile_view(p, "from_tiles").reshape(*lead, n // TILE_ROWS, 2 * kp // GROUP, TILE_ROWS,
+                                             GROUP // 2)
+    return t.transpose(-3, -2).reshape(p.shape).contiguous()
 
 
 def e4m3_codes() -> list[int]:

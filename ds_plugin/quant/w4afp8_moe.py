@@ -27,7 +27,7 @@ import torch
 from ds_plugin import envs
 from ds_plugin._vllm.quant import (FusedMoEMethodBase, FusedMoeWeightScaleSupported,
                                    replace_parameter, set_weight_attrs)
-from ds_plugin.kernels.int4_format import GROUP, to_kernel_layout
+from ds_plugin.kernels.int4_format import GROUP
 from ds_plugin.moe.experts import CpuGroupedExperts, TritonW4A8Experts
 from ds_plugin.quant.scales import checked_loader, validate_scales
 
@@ -139,9 +139,11 @@ class DSW4AFp8MoEMethod(FusedMoEMethodBase):
                 # One scale per tensor: the max over experts (and over gate / up).
                 replace_parameter(layer, name, s.amax().reshape(1).float())
         if envs.use_triton(layer.w13_weight.device):
+            from ds_plugin.kernels.w4a8_moe import kernel_weights
+
             for w in (layer.w13_weight.data, layer.w2_weight.data):
                 for e in range(w.shape[0]):  # one expert at a time bounds the temporary
-                    w[e] = to_kernel_layout(w[e])
+                    w[e] = kernel_weights(w[e])
             layer.ds_experts = TritonW4A8Experts(self.static)
         else:
             from ds_plugin.kernels.int4_format import dequant_int4

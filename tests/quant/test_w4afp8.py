@@ -13,8 +13,9 @@ pytest.importorskip("vllm")
 from tests.helpers.vllm_probe import (linear_layers, registered_quantization_config,  # noqa: E402
                                       single_rank_context)
 from ds_plugin.kernels.fp8_format import calc_diff  # noqa: E402
-from ds_plugin.kernels.int4_format import dequant_int4, from_kernel_layout, quant_int4  # noqa: E402
+from ds_plugin.kernels.int4_format import dequant_int4, quant_int4  # noqa: E402
 from ds_plugin.kernels.ref_w4a8 import ref_w4a8_fused_moe  # noqa: E402
+from ds_plugin.kernels.w4a8_moe import checkpoint_weights  # noqa: E402
 from ds_plugin.moe.experts import CpuGroupedExperts, TritonW4A8Experts  # noqa: E402
 from ds_plugin.quant.block_fp8 import DSBlockFp8LinearMethod  # noqa: E402
 from ds_plugin.quant.block_fp8_moe import DSBlockFp8MoEMethod  # noqa: E402
@@ -181,8 +182,8 @@ def test_triton_path_through_the_interpreter(ctx, monkeypatch):
     tw, ids = torch.randn(5, E, generator=g).softmax(-1).topk(2)
     out = layer.quant_method.apply(layer, x, tw, ids)
     # The reference reads the checkpoint layout; the layer holds the kernel layout.
-    ref = ref_w4a8_fused_moe(x, tw, ids, from_kernel_layout(layer.w13_weight.data),
-                             layer.w13_weight_scale_inv, from_kernel_layout(layer.w2_weight.data),
+    ref = ref_w4a8_fused_moe(x, tw, ids, checkpoint_weights(layer.w13_weight.data),
+                             layer.w13_weight_scale_inv, checkpoint_weights(layer.w2_weight.data),
                              layer.w2_weight_scale_inv, layer.w13_input_scale,
                              layer.w2_input_scale)
     assert calc_diff(out, ref) < 1e-3
