@@ -78,7 +78,11 @@ def _run(ckpt: str, plugins: str | None, args: argparse.Namespace) -> dict:
         env["VLLM_PLUGINS"] = plugins
     cmd = [sys.executable, __file__, "--child", "--ckpt", ckpt, "--prompts", str(args.prompts),
            "--tokens", str(args.tokens), "--prompt-len", str(args.prompt_len)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=args.run_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within --run-timeout {args.run_timeout:.0f} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -101,6 +105,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--run-timeout", type=float, default=300.0,
+                    help="seconds one engine run may take (load, warm-up, measurement)")
     ap.add_argument("--only", default=None, help="comma-separated labels of RUNS to run")
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -114,26 +120,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ds_cpu_bench_") as tmp:
         ckpts = {kind: str(write_checkpoint(f"{tmp}/{kind}", _config(), quant=kind))
                  for kind in {k for _, k, _ in runs}}
-        results: dict[str, dict] = {}
-        for _ in range(args.rounds):
-            for label, kind, plugins in runs:
+        print(f"{args.prompts} prompts x {args.prompt_len} tokens, {args.tokens} generated "
+              f"each, best of {args.rounds}; relative figures on a shared CPU box")
+        print("| run | prefill tok/s | decode tok/s | params MB | VmRSS MB | VmHWM MB | load s | "
+              "model module |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
+        # A row as soon as its runs finish, so a time limit keeps the rows already measured.
+        for label, kind, plugins in runs:
+            r = None
+            for _ in range(args.rounds):
                 got = _run(ckpts[kind], plugins, args)
-                best = results.get(label)
-                if best is None or "error" in best or ("error" not in got and
-                                                       got["decode_tok_s"] > best["decode_tok_s"]):
-                    results[label] = got
-    print(f"{args.prompts} prompts x {args.prompt_len} tokens, {args.tokens} generated each, "
-          f"best of {args.rounds}; relative figures on a shared CPU box")
-    print("| run | prefill tok/s | decode tok/s | params MB | VmRSS MB | VmHWM MB | load s | "
-          "model module |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, r in results.items():
-        if "error" in r:
-            print(f"| {label} | failed: {r['error']} | | | | | | |")
-            continue
-        print(f"| {label} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
-              f"{r['params_mb']:.0f} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['load_s']:.0f} | {r['module']} |")
+                if r is None or "error" in r or ("error" not in got
+                                                 and got["decode_tok_s"] > r["decode_tok_s"]):
+                    r = got
+            if "error" in r:
+                print(f"| {label} | failed: {r['error']} | | | | | | |", flush=True)
+                continue
+            print(f"| {label} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
+                  f"{r['params_mb']:.0f} | {r['rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['load_s']:.0f} | {r['module']} |", flush=True)
 
 
 if __name__ == "__main__":
