@@ -41,6 +41,8 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
 QUANT_CONFIGS: dict[str, tuple[str, str]] = {
     "ds_fp8": ("ds_plugin.quant.block_fp8", "DSBlockFp8Config"),
     "w4afp8": ("ds_plugin.quant.w4afp8", "DSW4AFp8Config"),
+    "w8a8_int8": ("ds_plugin.quant.int8", "DSW8A8Int8Config"),
+    "blockwise_int8": ("ds_plugin.quant.int8", "DSBlockInt8Config"),
 }
 # Attention backends: vLLM enum member -> ("module.Class", opt-in env var or None). Existing
 # members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`, its

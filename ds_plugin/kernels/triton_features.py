@@ -21,7 +21,7 @@ import inspect
 TRITON_FEATURES: dict[str, tuple[str, ...]] = {
     "tl.sort": ("fp8_moe", "fp8_moe_prefill"),
     "tl.cumsum": ("fp8_moe", "fp8_moe_prefill"),
-    "tl.math.div_rn": ("fp8_moe_prefill", "fp8_quant", "w4a8_gemm"),
+    "tl.math.div_rn": ("fp8_moe_prefill", "fp8_quant", "int8_quant", "w4a8_gemm"),
     "tl.inline_asm_elementwise": ("mla_tiles", "w4a8_gemm"),
     "tl.make_tensor_descriptor": ("mla_decode",),
     "tl.div_rn": ("mla_kv_cache",),

@@ -14,6 +14,13 @@ The plan is built from the model's own parameters, so every parameter that must 
 the checkpoint has an expected tensor name, and (for weights and scales) an expected full
 shape from the config. Before a single byte is copied the load can therefore say which
 tensor is missing, unexpected or mis-shaped, by its checkpoint name.
+
+Quantization formats vLLM implements (AWQ's qweight / qzeros / scales, ModelOpt NVFP4's
+weight / weight_scale / weight_scale_2 / input_scale, Quark MXFP4's weight / weight_scale)
+map by the same rules: their parameters carry the checkpoint's suffixes. Their packed
+layouts are not the bf16 shapes tabulated here, so for the layers such a method serves the
+shape check is vLLM's loaders' (a failure still names the checkpoint tensor). Attention
+scales (k_scale, v_scale, ...) are loaded when a checkpoint has them and never demanded.
 """
 
 from __future__ import annotations
@@ -29,11 +36,10 @@ from ds_plugin._vllm.layers import default_weight_loader, fused_moe_make_expert_
 from ds_plugin.model.config import DSConfig
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-# Parameters vLLM layers create that no checkpoint carries (absent kv-cache/activation
-# scales default to 1.0 in vLLM); the load does not demand them.
-_NOT_IN_CHECKPOINT = re.compile(r"\.(k_scale|v_scale|q_scale|prob_scale|_k_scale|_v_scale|"
-                                r"_q_scale|_prob_scale|input_scale|w13_input_scale|"
-                                r"w2_input_scale)$")
+# Attention scales vLLM's layers create whether or not a checkpoint carries them (absent ones
+# default to 1.0 in vLLM): loaded when present, never demanded.
+_OPTIONAL = re.compile(r"\.(k_scale|v_scale|q_scale|prob_scale|_k_scale|_v_scale|_q_scale|"
+                       r"_prob_scale)$")
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,7 @@ def checkpoint_plan(model: nn.Module, cfg: DSConfig) -> dict[str, list[Target]]:
         ckpt_up_proj_name="up_proj", num_experts=cfg.n_routed_experts,
         num_redundant_experts=getattr(model, "num_redundant_experts", 0))
     plan: dict[str, list[Target]] = {}
-    for name, param in model.named_parameters():
-        if _NOT_IN_CHECKPOINT.search(name) and not _self_checked(param):
-            continue
+    for name, _ in model.named_parameters():
         if ".experts.routed_experts." in name:
             for param_part, ckpt_part, expert, shard in mapping:
                 if param_part in name:
@@ -115,6 +119,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     plan = checkpoint_plan(model, cfg)
     block = _weight_block(getattr(model, "quant_config", None))
     params = dict(model.named_parameters())
+    foreign = _foreign_layout_params(model)
     seen: set[str] = set()
     loaded: set[str] = set()
     for name, tensor in weights:
@@ -127,7 +132,8 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
         if targets is None:
             raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}) has no "
                              "place in DeepseekV3ForCausalLM for this config")
-        want = None if _self_checked(params[targets[0].param]) else expected_shape(name, cfg, block)
+        unchecked = _self_checked(params[targets[0].param]) or targets[0].param in foreign
+        want = None if unchecked else expected_shape(name, cfg, block)
         if want is not None and tuple(tensor.shape) != want:
             raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                              f"expected {want} from config.json")
@@ -135,7 +141,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
         for t in targets:
             if _load_one(params[t.param], tensor, t, name):
                 loaded.add(t.param)
-    missing = sorted(set(plan) - seen)
+    missing = sorted(n for n in set(plan) - seen if not _OPTIONAL.search(n))
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ValueError(f"checkpoint lacks {len(missing)} tensor(s) the model needs: "
@@ -166,6 +172,20 @@ def _self_checked(param: nn.Parameter) -> bool:
     # packed layout the bf16 shape table does not describe) and which the checkpoint must
     # carry even where the name looks optional (W4AFP8's static input scales).
     return getattr(param, "checkpoint_checked", False)
+
+
+def _foreign_layout_params(model: nn.Module) -> set[str]:
+    """Parameters of layers served by a quant method defined outside ds_plugin (vLLM's AWQ,
+    ModelOpt, Quark, ...) other than vLLM's unquantized ones: their layouts are the method's."""
+    out: set[str] = set()
+    for mod_name, mod in model.named_modules():
+        qm = getattr(mod, "quant_method", None)
+        cls = type(qm)
+        if qm is None or cls.__module__.startswith("ds_plugin.") \
+                or cls.__name__.startswith("Unquantized"):
+            continue
+        out.update(f"{mod_name}.{p}" for p, _ in mod.named_parameters(recurse=False))
+    return out
 
 
 def _weight_block(quant_config) -> tuple[int, int] | None:

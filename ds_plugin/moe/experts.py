@@ -1,11 +1,12 @@
-"""Routed-expert execution shared by the plugin's MoE quant methods (ds_fp8, w4afp8).
+"""Routed-expert execution shared by the plugin's MoE quant methods (ds_fp8, w4afp8, int8).
 
 A method owns its checkpoint layout and load-time checks; at load it picks one of these
 classes for the device, and its `apply` only calls the chosen one:
 
-- `TritonFp8Experts` / `TritonW4A8Experts`: block-FP8 / packed int4 weights kept as stored,
-  our fused Triton MoEs (CUDA, or the Triton interpreter on CPU when a test asks for the
-  CUDA-side code).
+- `TritonFp8Experts` / `TritonW4A8Experts` / `TritonInt8Experts`: block-FP8 / packed int4 /
+  int8 weights kept as stored, our fused Triton MoEs (CUDA, or the Triton interpreter on CPU
+  when a test asks for the CUDA-side code).
+- `AmxFp8Experts`: block-FP8 experts kept fp8 on a CPU with AMX, vLLM's fused CPU MoE.
 - `CpuGroupedExperts`: weights dequantized to the model dtype once at load; each expert runs
   only on the tokens routed to it (grouped by expert), so a token costs top-k expert FFNs,
   not E of them. vLLM traces the MoE layer's forward with Dynamo on CPU, and the per-expert
@@ -88,6 +89,34 @@ class CpuGroupedExperts:
                                    layer.w13_weight, layer.w2_weight)
 
 
+@torch.library.custom_op("ds_plugin::amx_fp8_experts", mutates_args=())
+def amx_fp8_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                    w13: torch.Tensor, w13_s: torch.Tensor, w2: torch.Tensor,
+                    w2_s: torch.Tensor) -> torch.Tensor:
+    """vLLM's fused CPU FP8 MoE as one op Dynamo does not trace into (the vLLM op has no
+    fake implementation)."""
+    from ds_plugin._vllm.cpu_kernels import fp8_fused_experts
+
+    return fp8_fused_experts(x, w13, w2, w13_s, w2_s, topk_weights, topk_ids)
+
+
+@amx_fp8_experts.register_fake
+def _(x, topk_weights, topk_ids, w13, w13_s, w2, w2_s):
+    return torch.empty_like(x)
+
+
+class AmxFp8Experts:
+    """Block-FP8 experts kept fp8 (VNNI-packed at load) on a CPU with AMX: vLLM's fused CPU
+    MoE kernel (W8A16), which computes only each token's routed experts."""
+
+    name = "CPU AMX fp8 (vLLM's fused_experts_cpu: fp8 experts kept, top-k experts per token)"
+
+    def __call__(self, layer, x, topk_weights, topk_ids) -> torch.Tensor:
+        weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
+        return amx_fp8_experts(x, weights, ids, layer.w13_weight, layer.w13_weight_scale_inv,
+                               layer.w2_weight, layer.w2_weight_scale_inv)
+
+
 class TritonFp8Experts:
     """Block-FP8 experts on our fused Triton MoE (ds_plugin.kernels.fp8_fused_moe)."""
 
@@ -99,6 +128,20 @@ class TritonFp8Experts:
         weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
         return fp8_fused_moe(x, weights, ids, layer.w13_weight, layer.w13_weight_scale_inv,
                              layer.w2_weight, layer.w2_weight_scale_inv)
+
+
+class TritonInt8Experts:
+    """INT8 experts (per-channel or block scales, as the method found them) on our fused
+    Triton INT8 MoE (kernels.int8_moe); the layer names its scales w13/w2_int8_scale."""
+
+    name = "CUDA int8 (Triton fused MoE, activations quantized per token)"
+
+    def __call__(self, layer, x, topk_weights, topk_ids) -> torch.Tensor:
+        from ds_plugin.kernels.int8_moe import int8_fused_moe
+
+        weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
+        return int8_fused_moe(x, weights, ids, layer.w13_weight, layer.w13_int8_scale,
+                              layer.w2_weight, layer.w2_int8_scale)
 
 
 class TritonW4A8Experts:

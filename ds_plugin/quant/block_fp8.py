@@ -10,8 +10,13 @@ Implementations, one class chosen per layer at load (`ds_plugin.envs.use_triton`
   (fp8_act_quant) and runs whichever GEMM `gemm_path` picks for (M, N, K): our Triton
   fp8_block_gemm_nt or torch's blockwise scaled_mm (benchmarks/README.md has the
   measurements behind it). Tests run it on a CPU under the Triton interpreter.
-- `DequantizedLinear` (CPU, no fp8 matrix units): the weight is dequantized to the model
-  dtype once at load and applied with F.linear; scales and layout are validated the same.
+- `AmxFp8Linear` (a CPU with AMX, e.g. Xeon Sapphire Rapids / Granite Rapids): the fp8
+  weight stays fp8 (VNNI-packed once) and runs vLLM's CPU W8A16 kernel, as vLLM's in-tree
+  Fp8 method does there (`ds_plugin._vllm.cpu_kernels`).
+- `DequantizedLinear` (a CPU without those kernels, and MLA's kv_b_proj, which vLLM reads
+  back as a dense matrix): the weight is dequantized to the model dtype once at load and
+  applied with F.linear; scales and layout are validated the same. Why a layer lands here
+  is logged once per model.
 Routed experts: `block_fp8_moe.py`.
 """
 
@@ -125,6 +130,36 @@ class Fp8Linear:
         return y + bias if bias is not None else y
 
 
+def cpu_fp8_unavailable(layer: torch.nn.Module) -> str | None:
+    """Why `AmxFp8Linear` cannot serve this CPU layer (None: it can)."""
+    if getattr(layer, "_cpu_skip_gemm_dispatch", False):
+        return "MLA's kv_b_proj is read back as a dense matrix"
+    from ds_plugin._vllm.cpu_kernels import fp8_unavailable_reason
+
+    reason = fp8_unavailable_reason()
+    if reason is None and layer.weight.shape[0] % 32:
+        reason = f"output size {layer.weight.shape[0]} is not a multiple of the kernel's 32"
+    return reason
+
+
+class AmxFp8Linear:
+    """CPU with AMX: fp8 weight kept (packed once), vLLM's fp8_scaled_mm_cpu per call."""
+
+    name = "CPU AMX fp8 (vLLM's fp8_scaled_mm_cpu: fp8 weights kept, bf16 activations)"
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        from ds_plugin._vllm.cpu_kernels import pack_fp8_weight
+
+        replace_parameter(layer, "weight", pack_fp8_weight(layer.weight.data))
+
+    def __call__(self, layer, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        from ds_plugin._vllm.cpu_kernels import fp8_linear
+
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        y = fp8_linear(x2, layer.weight, layer.weight_scale_inv, bias)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
 class DequantizedLinear:
     """CPU: the weight dequantized to the model dtype once, then F.linear."""
 
@@ -194,9 +229,13 @@ class DSBlockFp8LinearMethod(LinearMethodBase):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         validate_scales(f"{self.prefix}.weight_scale_inv", layer.weight_scale_inv.data,
                         block_grid(tuple(layer.weight.shape)))
-        impl = Fp8Linear if envs.use_triton(layer.weight.device) else DequantizedLinear
+        if envs.use_triton(layer.weight.device):
+            impl, why = Fp8Linear, None
+        else:
+            why = cpu_fp8_unavailable(layer)
+            impl = DequantizedLinear if why else AmxFp8Linear
         layer.ds_fp8 = impl(layer)
-        self.config.note_path("linear", impl.name)
+        self.config.note_path("linear", impl.name + (f"; {why}" if why else ""))
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,8 +5,10 @@ Parameters (checkpoint layout, stacked over local experts):
   w2_weight (E, H, I) fp8,  w2_weight_scale_inv (E, ceil(H/128), ceil(I/128)) fp32.
 
 Execution is ds_plugin.moe.experts', one class chosen at load: our fused Triton MoE on CUDA
-(`TritonFp8Experts`), or on CPU the experts dequantized to the model dtype once and run on
-their routed tokens only (`CpuGroupedExperts`).
+(`TritonFp8Experts`); on a CPU with AMX, vLLM's fused CPU FP8 MoE on the fp8 experts as
+stored (`AmxFp8Experts`, as vLLM in-tree runs them there); on other CPUs the experts
+dequantized to the model dtype once (the reason logged) and run on their routed tokens only
+(`CpuGroupedExperts`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,18 @@ from ds_plugin import envs
 from ds_plugin._vllm.quant import (FusedMoEMethodBase, FusedMoeWeightScaleSupported,
                                    replace_parameter, set_weight_attrs)
 from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, ceil_div
-from ds_plugin.moe.experts import CpuGroupedExperts, TritonFp8Experts
+from ds_plugin.moe.experts import AmxFp8Experts, CpuGroupedExperts, TritonFp8Experts
 from ds_plugin.quant.scales import checked_loader, validate_scales
+
+
+def cpu_fp8_experts_unavailable(inter: int, hidden: int) -> str | None:
+    """Why `AmxFp8Experts` cannot serve these CPU experts (None: it can)."""
+    from ds_plugin._vllm.cpu_kernels import fp8_unavailable_reason
+
+    reason = fp8_unavailable_reason()
+    if reason is None and (inter % 32 or hidden % 32):
+        reason = f"expert sizes {inter} / {hidden} are not multiples of the kernel's 32"
+    return reason
 
 
 class DSBlockFp8MoEMethod(FusedMoEMethodBase):
@@ -76,17 +88,26 @@ class DSBlockFp8MoEMethod(FusedMoEMethodBase):
         if getattr(layer.activation, "value", layer.activation) != "silu":
             raise ValueError(f"{self.prefix}: ds_fp8 experts support SiLU only, "
                                       f"got {layer.activation}")
+        why = None
         if envs.use_triton(layer.w13_weight.device):
             layer.ds_experts = TritonFp8Experts()
-        else:
-            from ds_plugin.kernels import fp8_block_dequant
+        elif (why := cpu_fp8_experts_unavailable(n13 // 2, h)) is None:
+            from ds_plugin._vllm.cpu_kernels import pack_fp8_weight
 
-            for w, sc in (("w13_weight", "w13_weight_scale_inv"), ("w2_weight", "w2_weight_scale_inv")):
-                deq = fp8_block_dequant(getattr(layer, w).data, getattr(layer, sc).data,
-                                        layer.orig_dtype)
+            for w in ("w13_weight", "w2_weight"):
+                replace_parameter(layer, w, pack_fp8_weight(getattr(layer, w).data))
+            layer.ds_experts = AmxFp8Experts()
+        else:
+            from ds_plugin.kernels.fp8_format import dequant_block
+
+            for w in ("w13_weight", "w2_weight"):
+                q, s = getattr(layer, w).data, getattr(layer, f"{w}_scale_inv").data
+                deq = torch.empty(q.shape, dtype=layer.orig_dtype)
+                for ex in range(q.shape[0]):  # one expert at a time bounds the fp32 temporary
+                    deq[ex] = dequant_block(q[ex], s[ex], layer.orig_dtype)
                 replace_parameter(layer, w, deq)
             layer.ds_experts = CpuGroupedExperts()
-        self.config.note_path("MoE", layer.ds_experts.name)
+        self.config.note_path("MoE", layer.ds_experts.name + (f"; {why}" if why else ""))
 
     def apply(self, layer, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
               shared_experts=None, shared_experts_input=None) -> torch.Tensor:

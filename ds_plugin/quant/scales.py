@@ -31,11 +31,11 @@ def checked_loader(loader, name: str, expected: dict):
     return load
 
 
-def validate_scales(name: str, scale: torch.Tensor, want: tuple[int, ...]) -> None:
-    """A scale grid must have the block shape, be loaded (no NaN poison), finite and > 0."""
+def validate_scales(name: str, scale: torch.Tensor, want: tuple[int, ...],
+                    what: str = "one fp32 scale per 128x128 weight block") -> None:
+    """A scale grid must have its layout's shape, be loaded (no NaN poison), finite and > 0."""
     if tuple(scale.shape) != want:
-        raise ValueError(f"{name}: shape {tuple(scale.shape)}, expected {want} "
-                         f"(one fp32 scale per 128x128 weight block)")
+        raise ValueError(f"{name}: shape {tuple(scale.shape)}, expected {want} ({what})")
     if scale.isnan().any():
         raise ValueError(f"{name}: missing from the checkpoint (or partly: "
                          f"{int(scale.isnan().sum())} of {scale.numel()} scales never loaded)")

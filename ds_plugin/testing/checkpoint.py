@@ -20,6 +20,14 @@ routed experts included. Int4 group scales and input scales are powers of two, s
 int4 weight times its scale is exact in bf16: `write_bf16_twin` writes the checkpoint a
 dequantizing server must behave exactly like.
 
+INT8 (`quant="int8-channel"` / `"int8-block"`, the layouts of meituan/DeepSeek-R1-Channel-INT8
+and -Block-INT8 as SGLang reads them): every linear weight that block-FP8 quantizes is int8
+(N, K), with `weight_scale` fp32 (N, 1) (config `quant_method: w8a8_int8`) or
+`weight_scale_inv` fp32 (ceil(N/128), ceil(K/128)) (`quant_method: blockwise_int8`). The
+weights are first snapped to small integers times a power of two per tensor
+(int8_format.snap_to_int_grid) and quantized with power-of-two scales, so both INT8 layouts
+hold exactly the same values and `write_bf16_twin` of either gives one exact bf16 twin.
+
 Everything is a pure function of (config, quant, tokenizer, seed).
 """
 
@@ -39,8 +47,12 @@ import torch
 
 from ds_plugin.kernels.fp8_format import BLOCK, dequant_block, quant_block
 from ds_plugin.kernels.int4_format import GROUP, dequant_int4, quant_int4
+from ds_plugin.kernels.int8_format import (block_grid, dequant_channel, dequant_int8_block,
+                                           quant_channel, quant_int8_block, snap_to_int_grid)
+
 TOKENIZERS = ("deepseek-v3", "deepseek-v3.1", "deepseek-r1")
-QUANTS = ("bf16", "fp8", "w4afp8")
+QUANTS = ("bf16", "fp8", "w4afp8", "int8-channel", "int8-block")
+INT8_QUANTS = ("int8-channel", "int8-block")
 _TOKENIZER_VOCAB = 129280  # vocab_size of every V3-family release
 
 
@@ -140,6 +152,13 @@ class TinyConfig:
         elif quant == "w4afp8":
             cfg["quantization_config"] = {"activation_scheme": "static", "fmt": "e4m3",
                                           "group_size": GROUP, "quant_method": "w4afp8",
+                                          "weight_block_size": [BLOCK, BLOCK]}
+        elif quant == "int8-channel":
+            cfg["quantization_config"] = {"activation_scheme": "dynamic",
+                                          "quant_method": "w8a8_int8"}
+        elif quant == "int8-block":
+            cfg["quantization_config"] = {"activation_scheme": "dynamic",
+                                          "quant_method": "blockwise_int8",
                                           "weight_block_size": [BLOCK, BLOCK]}
         elif quant != "bf16":
             raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
@@ -280,6 +299,15 @@ def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16",
             expert = int(name.split(".experts.")[1].split(".")[0])
             stored[name.removesuffix("weight") + "input_scale"] = torch.tensor(
                 2.0 ** (-7 + expert % 3 - 1))
+        elif kind == "linear" and quant in INT8_QUANTS:
+            w = snap_to_int_grid(w)
+            if quant == "int8-channel":
+                q, sc = quant_channel(w, pow2=True)
+                stored[name.removesuffix("weight") + "weight_scale"] = sc
+            else:
+                q, sc = quant_int8_block(w, pow2=True)
+                stored[name.removesuffix("weight") + "weight_scale_inv"] = sc
+            stored[name] = q
         elif kind == "linear" and quant in ("fp8", "w4afp8"):
             q, s = quant_block(w)
             stored[name] = q
@@ -385,7 +413,7 @@ def _write_files(out: Path, tensors: dict[str, torch.Tensor], config: dict[str, 
 
 
 def read_state_dict(path: str | Path, dequantize: bool = True) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors by the index; with `dequantize`, fp8 and packed int4
+    """Load a checkpoint's tensors by the index; with `dequantize`, fp8, int8 and packed int4
     weights come back as fp32 (scale tensors folded in and dropped, activation scales
     dropped) and everything else as fp32 too."""
     from safetensors.torch import load_file
@@ -402,14 +430,28 @@ def read_state_dict(path: str | Path, dequantize: bool = True) -> dict[str, torc
         return tensors
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
-        if name.endswith(("_scale_inv", ".input_scale")):
+        if name.endswith(("_scale_inv", ".input_scale", ".weight_scale")):
             continue
         if t.dtype in (torch.float8_e4m3fn, torch.int8):
-            sname = name.removesuffix("weight") + "weight_scale_inv"
-            if sname not in tensors:
-                raise KeyError(f"{path}: quantised tensor {name} has no {sname}")
-            deq = dequant_block if t.dtype == torch.float8_e4m3fn else dequant_int4
-            out[name] = deq(t, tensors[sname])
+            out[name] = _dequantize(path, name, t, tensors)
         else:
             out[name] = t.float()
     return out
+
+
+def _dequantize(path: Path, name: str, t: torch.Tensor,
+                tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """fp8 blocks, int8 per channel / per block, or packed int4 groups, told apart by dtype
+    and by which scale tensor (and scale shape) sits beside the weight."""
+    stem = name.removesuffix("weight")
+    if t.dtype == torch.int8 and stem + "weight_scale" in tensors:
+        return dequant_channel(t, tensors[stem + "weight_scale"])
+    sname = stem + "weight_scale_inv"
+    if sname not in tensors:
+        raise KeyError(f"{path}: quantised tensor {name} has no {sname}")
+    s = tensors[sname]
+    if t.dtype == torch.float8_e4m3fn:
+        return dequant_block(t, s)
+    if tuple(s.shape) == block_grid(tuple(t.shape)):
+        return dequant_int8_block(t, s)
+    return dequant_int4(t, s)

@@ -156,3 +156,41 @@ def as_tp_rank(tp: int, rank: int):
         for mod, name, fn in saved:
             setattr(mod, name, fn)
 
+
+def stand_in_gpu_backends(monkeypatch) -> None:
+    """Let vLLM build AWQ / ModelOpt NVFP4 / Quark MXFP4 layers on this CPU.
+
+    Their constructors pick a kernel backend first and refuse when none runs here (the AWQ
+    MoE backends need AMX or CUDA, NVFP4 and MXFP4 need a GPU). For load proofs (build every
+    layer, load every tensor, no forward pass) each selection is answered with what vLLM's own
+    tables list for other hardware: the AWQ MoE gets its CPU (AMX) backend, NVFP4 and MXFP4
+    their emulation kernels. Weight creation does not depend on that choice.
+    """
+    import vllm.model_executor.kernels.linear as kernels
+    import vllm.model_executor.kernels.linear.mxfp4.emulation as mx_emulation
+    import vllm.model_executor.layers.quantization.auto_awq as auto_awq
+    import vllm.model_executor.layers.quantization.modelopt as modelopt
+    import vllm.model_executor.layers.quantization.quark.quark_moe as quark_moe
+    from vllm.model_executor.kernels.linear.mxfp4.emulation import EmulationMxfp4LinearKernel
+    from vllm.model_executor.kernels.linear.nvfp4.emulation import EmulationNvFp4LinearKernel
+    from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUExpertsInt4
+    from vllm.model_executor.layers.fused_moe.experts.nvfp4_emulation_moe import (
+        Nvfp4QuantizationEmulationTritonExperts)
+    from vllm.model_executor.layers.fused_moe.oracle.int_wna16 import WNA16MoEBackend
+    from vllm.model_executor.layers.fused_moe.oracle.mxfp4 import Mxfp4MoeBackend
+    from vllm.model_executor.layers.fused_moe.oracle.nvfp4 import NvFp4MoeBackend
+    from vllm.platforms import PlatformEnum
+
+    monkeypatch.setattr(auto_awq, "select_wna16_moe_backend",
+                        lambda *a, **k: (WNA16MoEBackend.CPU, CPUExpertsInt4))
+    monkeypatch.setattr(modelopt, "select_nvfp4_moe_backend",
+                        lambda *a, **k: (NvFp4MoeBackend.EMULATION,
+                                         Nvfp4QuantizationEmulationTritonExperts))
+    # Quark's MXFP4 MoE fills in its experts class from the backend it gets.
+    monkeypatch.setattr(quark_moe, "select_mxfp4_moe_backend",
+                        lambda *a, **k: (Mxfp4MoeBackend.EMULATION, None))
+    monkeypatch.setitem(kernels._POSSIBLE_NVFP4_KERNELS, PlatformEnum.CPU,
+                        [EmulationNvFp4LinearKernel])
+    monkeypatch.setitem(kernels._POSSIBLE_MXFP4_KERNELS, PlatformEnum.CPU,
+                        [EmulationMxfp4LinearKernel])
+    monkeypatch.setattr(mx_emulation, "has_quark", lambda: True)  # the emulation's QDQ package
