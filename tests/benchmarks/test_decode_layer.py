@@ -30,7 +30,7 @@ def test_layer_variants_agree_part_by_part(ep):
     # A smooth softmax (small cached latents): a near-tie of the attention weights would
     # turn rounding differences into different outputs.
     st = L.build(layout, 3, 80, "bf16", DEV, page=16, cache_std=0.05)
-    ours, ref = L.OursLayer(st, "torch"), L.TorchBf16Layer(st)
+    ours, ref = L.OursLayer(st, "triton" if DEV == "cuda" else "torch"), L.TorchBf16Layer(st)
     st.t["h"] = st.t["h_in"]
     for (name, mine), (_, theirs) in zip(ours.parts, ref.parts):
         before = dict(st.t)
