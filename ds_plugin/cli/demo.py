@@ -39,15 +39,21 @@ def run(ns: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="ds-plugin-demo-") if temporary else ns.workdir)
     ckpt = work / "tiny-deepseek-v3"
     print(f"[demo] writing a tiny DeepSeek-V3-format checkpoint to {ckpt}", flush=True)
+    status = 1
     try:
         write_checkpoint(ckpt, TinyConfig(logit_peak=2.0), quant=ns.quant, tokenizer=ns.tokenizer)
-        return _chat(ns, ckpt, work / "server.log")
+        status = _chat(ns, ckpt, work / "server.log")
+        return status
     finally:
         if ns.keep:
             print(f"[demo] kept {ckpt} (--keep)")
+        elif status == 0 and temporary:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"[demo] removed {work} (--keep keeps it)")
         else:
-            shutil.rmtree(work if temporary else ckpt, ignore_errors=True)
-            print(f"[demo] removed {work if temporary else ckpt} (--keep keeps it)")
+            # A failed run keeps the server log for the diagnosis, not the checkpoint.
+            shutil.rmtree(ckpt, ignore_errors=True)
+            print(f"[demo] removed {ckpt} (--keep keeps it); server log: {work / 'server.log'}")
 
 
 def _chat(ns: argparse.Namespace, ckpt: Path, log: Path) -> int:
