@@ -30,7 +30,8 @@ RUNNER = "ds_plugin.patches.vllm_cpu_dist"
 
 
 def _parser() -> argparse.ArgumentParser:
-    table = "\n".join(f"  {' / '.join(f.names):52} -> {f.vllm}" for f in FLAGS)
+    width = max(len(" / ".join(f.names)) for f in FLAGS)
+    table = "\n".join(f"  {' / '.join(f.names):{width}}  -> {f.vllm}" for f in FLAGS)
     p = argparse.ArgumentParser(
         prog="ds-plugin serve", add_help=False,
         usage="ds-plugin serve [MODEL] [vLLM or SGLang flags] [--from-sglang LINE] [--dry-run]",

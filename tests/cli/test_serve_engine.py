@@ -33,7 +33,8 @@ def test_engine_death_exits_non_zero(tiny_ckpt, tmp_path):
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     cmd = [sys.executable, "-m", "ds_plugin.cli", "serve", str(tiny_ckpt), "--port", str(port),
            *CPU_DEFAULT_ARGS, "--served-model-name", "tiny"]
-    env = {**child_env(), "PYTHONPATH": str(ROOT)}
+    # 1 GiB of KV cache (instead of 0.3 of the host), beside the session server and others.
+    env = {**child_env(), "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
     with open(out, "w") as o, open(err, "w") as e:
         proc = subprocess.Popen(cmd, stdout=o, stderr=e, env=env)
     try:
