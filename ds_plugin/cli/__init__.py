@@ -1,6 +1,6 @@
 """`ds-plugin`: serve DeepSeek on vLLM with ds-plugin, and check, warm and prove a deployment.
 
-    ds-plugin serve MODEL [vLLM or SGLang flags]      vllm serve, supervised (fails if the engine dies)
+    ds-plugin serve MODEL [vLLM or SGLang flags]      vllm serve, supervised (non-zero if engine dies)
     ds-plugin serve --from-sglang "python3 -m sglang.launch_server ..."
     ds-plugin recipe list | show NAME | check FILE    launch lines per hardware x weights
     ds-plugin doctor [--json]                         is this machine ready to serve?
@@ -29,9 +29,9 @@ COMMANDS = {
 
 
 def _version() -> str:
-    from ds_plugin._vllm import SUPPORTED_VLLM
+    from ds_plugin._vllm import supported_series_text
 
-    return f"ds-plugin {__version__} (for vLLM {'.'.join(map(str, SUPPORTED_VLLM))}.x)"
+    return f"ds-plugin {__version__} (for vLLM {supported_series_text()})"
 
 
 def build_parser() -> argparse.ArgumentParser:

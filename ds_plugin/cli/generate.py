@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 TOKENIZERS = ("deepseek-v3", "deepseek-v3.1", "deepseek-r1")
+# ds_plugin.testing.checkpoint.QUANTS (not imported here: it pulls torch into every
+# `ds-plugin` start; tests/cli/test_cli.py keeps the two equal).
+QUANTS = ("bf16", "fp8", "w4afp8")
 
 
 def add_parser(sub, name: str) -> None:
@@ -14,9 +17,10 @@ def add_parser(sub, name: str) -> None:
                        "real tokenizer and chat template. Output is a pure function of the "
                        "options.")
     g.add_argument("out", help="directory to write (created if missing)")
-    g.add_argument("--quant", choices=["bf16", "fp8"], default="bf16",
-                   help="bf16 weights, or block-FP8 e4m3 with fp32 128x128 scales as DeepSeek "
-                        "ships them (default: %(default)s)")
+    g.add_argument("--quant", choices=QUANTS, default="bf16",
+                   help="bf16 weights; block-FP8 e4m3 with fp32 128x128 scales as DeepSeek "
+                        "ships them; or w4afp8 (int4 experts, FP8 elsewhere) "
+                        "(default: %(default)s)")
     g.add_argument("--tokenizer", choices=TOKENIZERS, default="deepseek-v3",
                    help="which released tokenizer and chat template to include "
                         "(default: %(default)s)")

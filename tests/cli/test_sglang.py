@@ -24,7 +24,7 @@ M = "deepseek-ai/DeepSeek-V3"
 
 @pytest.fixture(scope="module")
 def vllm_parse():
-    from ds_plugin.cli.vllm_bridge import check_serve_line, serve_parser
+    from ds_plugin._vllm.cli import check_serve_line, serve_parser
 
     parser = serve_parser()
     return lambda argv: check_serve_line(shlex.join(["vllm", "serve", *argv]), parser)
@@ -169,7 +169,7 @@ def test_sglang_only_flags_are_not_vllm_flags(vllm_parse):
     # flag as SGLang's: fail here first. (Some are prefixes of vLLM flags, e.g. `--ep` of
     # `--eplb-config`, which vLLM's argparse would complete; taking them as SGLang's first is
     # what keeps `--ep 8` from becoming an EPLB config.)
-    from ds_plugin.cli.vllm_bridge import serve_parser
+    from ds_plugin._vllm.cli import serve_parser
 
     options = {o for a in serve_parser()._actions for o in a.option_strings}
     assert not SGLANG_ONLY & options

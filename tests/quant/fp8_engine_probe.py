@@ -11,10 +11,11 @@ import os
 import sys
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core here: apply_model sees the model
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import torch  # noqa: E402
 
-from ds_plugin.kernels.ref_fp8 import calc_diff  # noqa: E402
+from ds_plugin.kernels.fp8_format import calc_diff  # noqa: E402
 from ds_plugin.testing.checkpoint import read_state_dict  # noqa: E402
 
 # vLLM merges some checkpoint linears into one layer: layer suffix -> checkpoint parts.
@@ -24,8 +25,8 @@ CALLS_KEPT = 2  # per layer: enough to see prefill and decode shapes
 
 
 def our_layers(model):
-    from ds_plugin.quant.fp8_block import DSBlockFp8LinearMethod
-    from ds_plugin.quant.fp8_moe import DSBlockFp8MoEMethod
+    from ds_plugin.quant.block_fp8 import DSBlockFp8LinearMethod
+    from ds_plugin.quant.block_fp8_moe import DSBlockFp8MoEMethod
 
     for name, mod in model.named_modules():
         qm = getattr(mod, "quant_method", None)
@@ -36,9 +37,7 @@ def our_layers(model):
 def install_spies(model):
     """Record (inputs, output) of the first calls of every ds_fp8 apply()."""
     counts = {"linear": 0, "moe": 0, "other_linear": []}
-    from ds_plugin import _vllm
-
-    linear_base = _vllm.quant_api().LinearBase
+    from ds_plugin._vllm.quant import LinearBase as linear_base
     for name, mod in model.named_modules():
         if isinstance(mod, linear_base) and not isinstance(
                 getattr(mod, "quant_method", None), tuple(type(q) for _, _, q in our_layers(model))):
@@ -109,7 +108,7 @@ def compare(model, ckpt):
 
 def main():
     ckpt_dir, out_path = sys.argv[1], sys.argv[2]
-    from vllm import LLM, SamplingParams
+    from tests.helpers.vllm_api import LLM, SamplingParams
 
     llm = LLM(model=ckpt_dir, enforce_eager=True, max_model_len=512, gpu_memory_utilization=0.3,
               seed=0)

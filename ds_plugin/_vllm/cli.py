@@ -1,8 +1,8 @@
 """The CLI's only vLLM imports: vLLM's serve argument parser, and the registry probe that
-`ds-plugin doctor` runs in a fresh process. (Moves into the seam package ds_plugin/_vllm/
-with the rest of vLLM's names; until then tests/test_packaging.py allows this one file.)
+`ds-plugin doctor` runs in a fresh process. Importing this module imports no vLLM; each
+function imports what it uses, so `ds-plugin recipe` and `doctor` run where vLLM is absent.
 
-    python -m ds_plugin.cli.vllm_bridge probe    # one JSON object on the last stdout line
+    python -m ds_plugin._vllm.cli probe    # one JSON object on the last stdout line
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ class ServeArgsError(ValueError):
 def serve_parser():
     """vLLM's own `vllm serve` parser (make_arg_parser), raising instead of exiting. Building
     it loads the general plugins, as `vllm serve` does, so ds-plugin's parsers are known."""
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    # vllm.entrypoints.cli.serve imports both names in 0.32 and 0.33 (their defining
+    # module moved from launchers/ to common/ in 0.33); the checker verifies each series.
+    from vllm.entrypoints.cli.serve import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
@@ -40,7 +42,7 @@ def check_serve_line(line: str, parser=None):
     """Parse one rendered shell line ('A=1 vllm serve MODEL --flags') the way `vllm serve`
     does: vLLM's parser, its post-parse validation, and the parser names against vLLM's
     registries. Returns the namespace; ServeArgsError names what vLLM refuses."""
-    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.entrypoints.cli.serve import validate_parsed_serve_args
     from vllm.reasoning import ReasoningParserManager
     from vllm.tool_parsers import ToolParserManager
 
@@ -71,6 +73,10 @@ def registered_quantization_methods() -> list[str]:
 # -- doctor's probe (run in a fresh interpreter) -----------------------------------------
 
 
+def _resolve(module: str, name: str):
+    return getattr(importlib.import_module(module), name)
+
+
 def _owner(obj) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
@@ -93,9 +99,12 @@ def probe() -> dict:
     except Exception as e:  # noqa: BLE001
         return {"import_error": f"{type(e).__name__}: {e}"}
     out["vllm_version"] = vllm.__version__
-    from vllm.platforms import current_platform
+    # The class `current_platform` would be (that module attribute is lazy, served by a
+    # module __getattr__); its device_type is a class attribute.
+    from vllm.platforms import resolve_current_platform_cls_qualname
 
-    out["platform"] = current_platform.device_type or "unspecified"
+    module, _, cls = resolve_current_platform_cls_qualname().rpartition(".")
+    out["platform"] = getattr(_resolve(module, cls), "device_type", "") or "unspecified"
     from vllm.plugins import load_general_plugins
 
     load_general_plugins()
@@ -142,5 +151,5 @@ def probe() -> dict:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["probe"]:
-        sys.exit("usage: python -m ds_plugin.cli.vllm_bridge probe")
+        sys.exit("usage: python -m ds_plugin._vllm.cli probe")
     print(json.dumps(probe()))
