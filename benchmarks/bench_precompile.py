@@ -1,6 +1,6 @@
 """First-call latency of DeepSeek-V3's served kernel shapes, cold vs after `ds-plugin precompile`.
 
-    python benchmarks/bench_precompile.py [--tp 8] [--ep] [--max-batch 512]
+    python benchmarks/bench_precompile.py [--tp 8] [--ep] [--max-batch 512] [--prefill-tokens 8192]
 
 Needs a CUDA GPU, torch and Triton; not vLLM. It writes DeepSeek-V3's released config.json
 (the fields the shapes depend on) to a temporary directory, then:
@@ -44,7 +44,8 @@ def _measure(args: argparse.Namespace) -> None:
     from ds_plugin.cli.kernel_shapes import plan
     from ds_plugin.cli.precompile import tasks
 
-    p = plan(V3_CONFIG, tp=args.tp, ep=args.ep, max_capture=args.max_batch)
+    p = plan(V3_CONFIG, tp=args.tp, ep=args.ep, max_capture=args.max_batch,
+             prefill=_prefill(args))
     todo = [(label, t) for label, t in tasks(p, torch.device("cuda", 0))
             if _sampled(label)]
     rows = []
@@ -58,6 +59,17 @@ def _measure(args: argparse.Namespace) -> None:
             times.append(1e3 * (time.perf_counter() - t))
         rows.append({"shape": label, "first_ms": times[0], "second_ms": times[1]})
     print(json.dumps(rows))
+
+
+def _prefill(args: argparse.Namespace) -> tuple[int, ...]:
+    return tuple(int(t) for t in args.prefill_tokens.split(","))
+
+
+def _run(cmd: list[str], env: dict) -> str:
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed (status {out.returncode}):\n{out.stderr[-4000:]}")
+    return out.stdout
 
 
 def _sampled(label: str) -> bool:
@@ -75,9 +87,9 @@ def _child(args: argparse.Namespace, cache: Path) -> list[dict]:
            "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, __file__, "--measure", "--tp", str(args.tp),
-           "--max-batch", str(args.max_batch)] + (["--ep"] if args.ep else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+           "--max-batch", str(args.max_batch), "--prefill-tokens", args.prefill_tokens] + (
+        ["--ep"] if args.ep else [])
+    return json.loads(_run(cmd, env).strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -87,6 +99,8 @@ def main() -> None:
     ap.add_argument("--ep", action="store_true", help="expert parallel over the tp ranks")
     ap.add_argument("--max-batch", type=int, default=512,
                     help="largest CUDA-graph size precompiled (vLLM's default 512)")
+    ap.add_argument("--prefill-tokens", default="1000,2048,8192",
+                    help="chunked-prefill token counts precompiled (default 1000,2048,8192)")
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -97,16 +111,16 @@ def main() -> None:
         (model / "config.json").write_text(json.dumps(V3_CONFIG))
         cold = _child(args, cache / "cold")
         t = time.perf_counter()
-        pre = subprocess.run([sys.executable, "-m", "ds_plugin.cli", "precompile", "--model",
-                              str(model), "--tp", str(args.tp), "--max-batch", str(args.max_batch),
-                              "--cache-dir", str(cache / "warm"), "--json"]
-                             + (["--ep"] if args.ep else []),
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                             text=True, check=True)
+        pre = _run([sys.executable, "-m", "ds_plugin.cli", "precompile", "--model", str(model),
+                    "--tp", str(args.tp), "--max-batch", str(args.max_batch), "--prefill-tokens",
+                    args.prefill_tokens, "--cache-dir", str(cache / "warm"), "--json"]
+                   + (["--ep"] if args.ep else []), {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+                   | {"PYTHONPATH": str(ROOT)})
         pre_s = time.perf_counter() - t
-        summary = json.loads(pre.stdout)
+        summary = json.loads(pre)
         warm = _child(args, cache / "warm")
-    print(f"DeepSeek-V3 FP8, tp {args.tp}{' ep' if args.ep else ''}, {summary['device']}: "
+    print(f"DeepSeek-V3 FP8, tp {args.tp}{' ep' if args.ep else ''}, max batch "
+          f"{args.max_batch}, prefill {args.prefill_tokens}, {summary['device']}: "
           f"precompile {summary['shapes']} shapes in {pre_s:.1f} s "
           f"({summary['new_cache_files']} cache files)")
     print(f"{'shape':58} {'cold 1st ms':>12} {'warm 1st ms':>12} {'steady ms':>10}")

@@ -8,6 +8,10 @@ torch and Triton are imported, never vLLM, so it runs on a GPU box without vLLM.
 
 Serve with the same TRITON_CACHE_DIR: vLLM otherwise points Triton at its per-model
 torch.compile cache directory and compiles everything again there.
+
+Without CUDA there is nothing to cache (Triton's cache holds GPU binaries); with
+TRITON_INTERPRET=1 the same launches run on the CPU through Triton's interpreter, which
+checks the calls for a small model (CI does) and caches nothing.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-from ds_plugin.cli.kernel_shapes import Plan, PlanError, plan
+from ds_plugin.cli.kernel_shapes import PREFILL_TOKENS, Plan, PlanError, plan
 
 __all__ = ["load_config", "tasks", "run_tasks"]
 
 
 def add_parser(sub, name: str) -> None:
     p = sub.add_parser(name, help="compile + autotune ds-plugin's Triton kernels for a model's "
-                                  "shapes into Triton's persistent cache (CUDA only)",
+                                  "shapes into Triton's persistent cache (CUDA; no vLLM needed)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="checkpoint directory or Hugging Face id (only config.json is read)")
@@ -43,10 +47,23 @@ def add_parser(sub, name: str) -> None:
                    help="KV cache page size as served (default: %(default)s, vLLM's)")
     p.add_argument("--max-batch", type=int, default=512,
                    help="largest CUDA-graph size in tokens (vLLM's default: %(default)s)")
+    p.add_argument("--prefill-tokens", type=_sizes, default=PREFILL_TOKENS, metavar="M,M,...",
+                   help="chunked-prefill token counts compiled beside the CUDA-graph sizes "
+                        f"(default: {','.join(map(str, PREFILL_TOKENS))})")
     p.add_argument("--cache-dir", help="Triton cache directory (default: $TRITON_CACHE_DIR, "
                                        "else ~/.triton/cache)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=run)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token counts like 1000,2048, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive token counts, got {text!r}")
+    return sizes
 
 
 def load_config(model: str) -> dict:
@@ -119,9 +136,11 @@ def _mla_tasks(p: Plan, device, g) -> list[tuple[str, object]]:
     from ds_plugin import kernels as K
 
     mla, q_len = p.mla, p.query_len
-    # (CPU only in tests, under Triton's interpreter: any small SM count.)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count \
-        if device.type == "cuda" else 4
+    # On CPU (Triton's interpreter) one fixed tile shape: the autotuner would benchmark on a
+    # GPU driver. Splits sized as for an H200's 132 SMs, as ds_plugin's interpreted backend.
+    cuda = device.type == "cuda"
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 132
+    config = None if cuda else {"BLOCK_H": 16, "BLOCK_N": 16}
     dim = mla.rank + mla.rope
     seq = 2 * mla.page  # short cached sequences: the kernel's cache key ignores length
 
@@ -134,7 +153,7 @@ def _mla_tasks(p: Plan, device, g) -> list[tuple[str, object]]:
         lens = torch.full((batch,), seq, device=device, dtype=torch.int32)
         k_scale = torch.ones(1, device=device) if mla.fp8_cache else None
         K.mla_decode(q, cache, table, lens, dim ** -0.5, mla.rank, k_scale=k_scale,
-                     num_splits=splits)
+                     num_splits=splits, config=config)
 
     # Under CUDA-graph capture ds-plugin's backend sizes the split count for max_model_len.
     return [(f"mla decode heads={mla.heads} batch={b} q_len={q_len}",
@@ -168,10 +187,12 @@ def run_tasks(todo: list[tuple[str, object]], progress: bool = True) -> list[tup
 def run(ns: argparse.Namespace) -> int:
     import torch
 
-    if not torch.cuda.is_available():
+    interpreted = not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") == "1"
+    if not torch.cuda.is_available() and not interpreted:
         print("ds-plugin precompile: no CUDA device (torch.cuda.is_available() is False); "
               "Triton's persistent cache holds GPU binaries, so there is nothing to compile "
-              "here. Run it on the serving machine.", file=sys.stderr)
+              "here. Run it on the serving machine (TRITON_INTERPRET=1 only checks the "
+              "kernel calls on the CPU).", file=sys.stderr)
         return 2
     cache = Path(ns.cache_dir or os.environ.get("TRITON_CACHE_DIR")
                  or Path.home() / ".triton" / "cache").expanduser()
@@ -182,17 +203,20 @@ def run(ns: argparse.Namespace) -> int:
         p = plan(load_config(ns.model), tp=ns.tp, ep=ns.ep,
                  spec_tokens=ns.num_speculative_tokens, max_capture=ns.max_batch,
                  page=ns.block_size, fp8_cache=ns.kv_cache_dtype == "fp8",
-                 max_model_len=ns.max_model_len)
+                 max_model_len=ns.max_model_len, prefill=ns.prefill_tokens)
     except PlanError as e:
         print(f"ds-plugin precompile: {e}", file=sys.stderr)
         return 1
     before = _cache_files(cache)
     t0 = time.perf_counter()
-    times = run_tasks(tasks(p, torch.device("cuda", 0)), progress=not ns.json)
+    device = torch.device("cpu") if interpreted else torch.device("cuda", 0)
+    times = run_tasks(tasks(p, device), progress=not ns.json)
     total = time.perf_counter() - t0
     slow = sorted(times, key=lambda lt: -lt[1])[:5]
     summary = {"model": ns.model, "tp": ns.tp, "ep": ns.ep, "fp8_checkpoint": p.fp8,
-               "device": torch.cuda.get_device_name(0), "shapes": len(times),
+               "device": ("CPU, Triton interpreter (calls checked, nothing cached)"
+                          if interpreted else torch.cuda.get_device_name(0)),
+               "shapes": len(times),
                "seconds": round(total, 1), "cache_dir": str(cache),
                "new_cache_files": _cache_files(cache) - before,
                "slowest": [{"shape": lbl, "seconds": round(s, 2)} for lbl, s in slow]}
@@ -205,6 +229,8 @@ def run(ns: argparse.Namespace) -> int:
           f"{cache}")
     for lbl, s in slow:
         print(f"  {s:7.2f} s  {lbl}")
+    if interpreted:
+        return 0
     print(f"serve with TRITON_CACHE_DIR={cache} so vLLM's processes read this cache "
           "(vLLM keeps TRITON_CACHE_AUTOTUNING=1, which reuses the autotuner's picks)")
     return 0

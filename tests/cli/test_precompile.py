@@ -75,35 +75,58 @@ def test_bf16_checkpoint_and_bad_configs():
         plan({**V3, "n_routed_experts": 255}, tp=2, ep=True)
 
 
-def test_every_task_runs_the_kernels_on_a_tiny_config(tiny_ckpt_fp8):
-    # On CPU the kernels run under Triton's interpreter (tests/conftest.py): the calls
-    # precompile makes are valid for the shapes it derives.
-    from ds_plugin.cli.precompile import load_config, run_tasks, tasks
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    p = plan(load_config(str(tiny_ckpt_fp8)), max_capture=2, prefill=(17,))
-    todo = tasks(p, device)
-    labels = [label for label, _ in todo]
-    assert sum(lb.startswith("fp8 gemm") for lb in labels) == len(p.gemms) * 3  # M = 1, 2, 17
-    assert sum(lb.startswith("fp8 moe") for lb in labels) == 3
-    assert sum(lb.startswith("mla decode") for lb in labels) == 2  # batch 1, 2
-    # Triton's autotuner benchmarks on a GPU driver even when interpreting: MLA decode's
-    # tuned launch runs only on CUDA (test_precompile_fills_a_fresh_cache).
-    runnable = [t for t in todo if device.type == "cuda" or not t[0].startswith("mla")]
-    assert [lb for lb, _ in run_tasks(runnable, progress=False)] == [lb for lb, _ in runnable]
+# The GPU machine has torch and Triton but no vLLM (and no pydantic / PyYAML): precompile
+# runs there with these blocked.
+NO_VLLM = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"vllm", "pydantic", "yaml"}:
+            raise ImportError(f"{name} is absent here")
+sys.meta_path.insert(0, Absent())
+from ds_plugin.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _precompile(*args, **env):
-    return subprocess.run([sys.executable, "-m", "ds_plugin.cli", "precompile", *args],
+    return subprocess.run([sys.executable, "-c", NO_VLLM, "precompile", *args],
                           capture_output=True, text=True, timeout=1800, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 
+def test_tasks_cover_the_plan(tiny_ckpt_fp8):
+    from ds_plugin.cli.precompile import load_config, tasks
+
+    p = plan(load_config(str(tiny_ckpt_fp8)), max_capture=2, prefill=(17,))
+    labels = [label for label, _ in tasks(p, torch.device("cpu"))]
+    assert sum(lb.startswith("fp8 gemm") for lb in labels) == len(p.gemms) * 3  # M = 1, 2, 17
+    assert sum(lb.startswith("fp8 moe") for lb in labels) == 3
+    assert sum(lb.startswith("mla decode") for lb in labels) == 2  # batch 1, 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is the CPU behaviour")
+def test_cli_runs_every_kernel_call_interpreted_without_vllm(tiny_ckpt_fp8, tmp_path):
+    # The same launches as on a GPU, through Triton's interpreter (TRITON_INTERPRET=1 from
+    # tests/conftest.py): the calls are valid for every shape derived; nothing is cached.
+    out = _precompile("--model", str(tiny_ckpt_fp8), "--max-batch", "2", "--prefill-tokens",
+                      "17", "--cache-dir", str(tmp_path / "triton"), "--json",
+                      TRITON_INTERPRET="1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    p = plan(json.loads((tiny_ckpt_fp8 / "config.json").read_text()), max_capture=2,
+             prefill=(17,))
+    assert summary["shapes"] == len(p.gemms) * 3 + 3 + 2 and summary["fp8_checkpoint"]
+    assert summary["device"].startswith("CPU, Triton interpreter")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is the CPU behaviour")
 def test_refuses_without_cuda(tiny_ckpt):
-    out = _precompile("--model", str(tiny_ckpt))
+    out = _precompile("--model", str(tiny_ckpt), TRITON_INTERPRET="0")
     assert out.returncode == 2
     assert "no CUDA device" in out.stderr and out.stdout == ""
+    bad = _precompile("--model", str(tiny_ckpt), "--prefill-tokens", "0,x")
+    assert bad.returncode == 2 and "--prefill-tokens" in bad.stderr
 
 
 @pytest.mark.gpu
