@@ -194,6 +194,10 @@ def run(ns: argparse.Namespace) -> int:
               "here. Run it on the serving machine (TRITON_INTERPRET=1 only checks the "
               "kernel calls on the CPU).", file=sys.stderr)
         return 2
+    if interpreted:
+        print("ds-plugin precompile: no CUDA device and TRITON_INTERPRET=1: running the launches "
+              "through Triton's interpreter to check them (slow: small models only; nothing "
+              "is cached)", file=sys.stderr)
     cache = Path(ns.cache_dir or os.environ.get("TRITON_CACHE_DIR")
                  or Path.home() / ".triton" / "cache").expanduser()
     # Before ds_plugin.kernels is imported: Triton's autotuner reads both when it is built.
