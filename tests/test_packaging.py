@@ -6,10 +6,12 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,38 @@ def test_import_without_vllm():
     r = _run_without_vllm("import ds_plugin, ds_plugin.kernels, ds_plugin.testing.checkpoint\n"
                           "assert 'vllm' not in sys.modules\nprint('ok')")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_cli_recipes_and_precompile_without_vllm():
+    r = _run_without_vllm("from ds_plugin.cli import main\n"
+                          "import ds_plugin.cli.precompile, ds_plugin.cli.kernel_shapes\n"
+                          "assert main(['recipe', 'list']) == 0\n"
+                          "assert main(['recipe', 'show', 'fp8-8xh200', '--lines-only']) == 0\n"
+                          "assert 'vllm' not in sys.modules\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("vllm serve deepseek-ai/DeepSeek-R1-0528")
+
+
+def test_built_wheel_ships_recipes_templates_and_data(tmp_path):
+    # Build from a copy, so the build leaves nothing in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "ds_plugin", src / "ds_plugin",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(tmp_path / "dist"), str(src)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "dist").glob("ds_plugin-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for pattern in ("recipes/*.yaml", "templates/*.jinja", "cli/data/*"):
+        shipped = {f"ds_plugin/{p.relative_to(ROOT / 'ds_plugin')}"
+                   for p in (ROOT / "ds_plugin").glob(pattern)}
+        assert shipped and shipped <= names, shipped - names
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = zipfile.ZipFile(wheel).read(meta).decode()
+    assert "Requires-Dist: pydantic>=2" in requires and "Requires-Dist: tqdm>=4" in requires
 
 
 def test_register_without_vllm_logs_and_returns():
