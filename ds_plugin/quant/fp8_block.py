@@ -35,6 +35,12 @@ BLOCK = 128
 TORCH_FROM_M = {(2112, 7168): 128, (24576, 1536): 128, (32768, 512): 64, (7168, 16384): 64,
                 (4096, 7168): 128, (7168, 2048): 16}
 TORCH_MIN_M = 128
+# Checkpoint dtypes the loaders take. DeepSeek ships fp32 scales; a bf16 scale converts to
+# the fp32 parameter exactly, so it is accepted (and logged once per model). Anything else
+# (an integer or fp8 scale, a bf16 weight in an fp8 layer) would be converted silently by
+# the loader's copy_ and give wrong output, so it stops the load naming the tensor.
+WEIGHT_DTYPES = (torch.float8_e4m3fn,)
+SCALE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -56,13 +62,16 @@ class DSBlockFp8Config(V.QuantizationConfig):
         self.weight_block_size = block
         self.activation_scheme = activation_scheme
         self.ignored_layers = list(ignored_layers or [])
-        self.paths_logged: set[tuple[str, str]] = set()
+        self.paths_logged: set[str] = set()
 
     def note_path(self, layer_kind: str, path: str) -> None:
         """Log once per model which path a kind of layer runs (the engine log shows it)."""
-        if (layer_kind, path) not in self.paths_logged:
-            self.paths_logged.add((layer_kind, path))
-            log.info("ds_fp8: %s layers run the %s path", layer_kind, path)
+        self.note_once(f"{layer_kind} layers run the {path} path")
+
+    def note_once(self, message: str) -> None:
+        if message not in self.paths_logged:
+            self.paths_logged.add(message)
+            log.info("ds_fp8: %s", message)
 
     def get_name(self) -> str:
         return NAME
@@ -115,14 +124,25 @@ class DSBlockFp8Config(V.QuantizationConfig):
         return None
 
 
-def checked_loader(loader, name: str, expected: dict):
-    """Wrap a weight loader so a checkpoint tensor of the wrong shape fails naming itself.
+def checked_loader(loader, name: str, expected: dict, config: DSBlockFp8Config):
+    """Wrap a weight loader so a checkpoint tensor of the wrong shape or dtype fails
+    naming itself.
 
     `expected` maps the loader's shard id (None for a whole tensor) to the shape of the
     tensor as stored in the checkpoint. vLLM's loaders narrow what they are given, so an
-    oversized tensor would otherwise load silently.
+    oversized tensor would otherwise load silently; they also copy_ into the parameter,
+    which converts any dtype (WEIGHT_DTYPES / SCALE_DTYPES say what is taken).
     """
+    is_scale = name.endswith("_scale_inv")
+    dtypes = SCALE_DTYPES if is_scale else WEIGHT_DTYPES
+
     def load(param, loaded_weight, *args, **kwargs):
+        if loaded_weight.dtype not in dtypes:
+            want = "float32 (bfloat16 is upcast exactly)" if is_scale else "float8_e4m3fn"
+            raise ValueError(f"{name}: checkpoint tensor has dtype "
+                             f"{str(loaded_weight.dtype).removeprefix('torch.')}, expected {want}")
+        if is_scale and loaded_weight.dtype != torch.float32:
+            config.note_once("bfloat16 weight_scale_inv tensors are upcast to float32 (exact)")
         # Linear loaders take (param, w, loaded_shard_id); expert loaders get shard_id=.
         shard = kwargs.get("shard_id", kwargs.get("loaded_shard_id", args[0] if args else None))
         want = expected.get(shard)
@@ -242,13 +262,14 @@ class DSBlockFp8LinearMethod(V.LinearMethodBase):
         layer.weight_block_size = self.config.weight_block_size  # vLLM's loaders shard scales by it
         weight = V.ModelWeightParameter(
             data=torch.empty(n, k, dtype=torch.float8_e4m3fn), input_dim=1, output_dim=0,
-            weight_loader=checked_loader(loader, f"{self.prefix}.weight", stored))
+            weight_loader=checked_loader(loader, f"{self.prefix}.weight", stored, self.config))
         layer.register_parameter("weight", weight)
         scale = V.BlockQuantScaleParameter(
             data=torch.full((_ceil(n, BLOCK), _ceil(k, BLOCK)), float("nan"), dtype=torch.float32),
             input_dim=1, output_dim=0,
             weight_loader=checked_loader(loader, f"{self.prefix}.weight_scale_inv",
-                                         {k: block_grid(v) for k, v in stored.items()}))
+                                         {k: block_grid(v) for k, v in stored.items()},
+                                         self.config))
         scale.format_ue8m0 = False
         layer.register_parameter("weight_scale_inv", scale)
 

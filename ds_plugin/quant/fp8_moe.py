@@ -52,7 +52,8 @@ class DSBlockFp8MoEMethod(V.FusedMoEMethodBase):
             layer.register_parameter(name, param)
             want = {k: block_grid(v) for k, v in stored.items()} if "scale" in name else stored
             attrs = dict(extra_weight_attrs,
-                         weight_loader=checked_loader(loader, f"{self.prefix}.{name}", want))
+                         weight_loader=checked_loader(loader, f"{self.prefix}.{name}", want,
+                                                      self.config))
             if name.endswith("scale_inv"):
                 attrs["quant_method"] = V.MoEScaleKind.BLOCK.value
             V.set_weight_attrs(param, attrs)
