@@ -381,3 +381,17 @@ def current_max_model_len(default: int) -> int:
 
     model_config = get_current_vllm_config().model_config
     return int(getattr(model_config, "max_model_len", 0) or default)
+
+
+def stated_config_fields(model_config) -> set[str] | None:
+    """Keys the model's config.json states, plus dict --hf-overrides: what transformers got
+    before filling in its defaults. None when config.json cannot be read (nothing to check)
+    or the overrides are a function (what it sets cannot be known)."""
+    from vllm.transformers_utils.repo_utils import get_hf_file_to_dict
+
+    overrides = model_config.hf_overrides or {}
+    if callable(overrides):
+        return None
+    raw = get_hf_file_to_dict("config.json", model_config.hf_config_path or model_config.model,
+                              model_config.revision)
+    return set(raw) | set(overrides) if isinstance(raw, dict) else None

@@ -66,7 +66,8 @@ class DeepseekV3DecoderLayer(nn.Module):
 class DeepseekV3Model(nn.Module):
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__()
-        cfg = DSConfig.from_hf(vllm_config.model_config.hf_config)
+        model_config = vllm_config.model_config
+        cfg = DSConfig.from_hf(model_config.hf_config, _vllm.stated_config_fields(model_config))
         self.cfg = cfg
         self.embed_tokens = V.VocabParallelEmbedding(
             cfg.vocab_size, cfg.hidden_size, quant_config=vllm_config.quant_config,

@@ -109,3 +109,16 @@ def test_unexpected_tensor_named(bf16):
     name = "model.layers.0.self_attn.q_proj.weight"  # q LoRA model: no plain q_proj
     with pytest.raises(ValueError, match=f"{name}.*no place"):
         _load(path, {**sd, name: torch.zeros(512, 256, dtype=torch.bfloat16)})
+
+
+def test_config_json_without_kv_lora_rank_is_refused_naming_it(tmp_path):
+    # Through vLLM's own config loading: transformers fills kv_lora_rank=512 in, so only
+    # the raw config.json shows it was never stated.
+    import json
+
+    path = checkpoints.make(tmp_path, "yarn")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["kv_lora_rank"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json does not state kv_lora_rank"):
+        _build(path)
