@@ -11,6 +11,8 @@ tokenizer.py — faithful DeepSeek tokenization from a tokenizer-only directory.
            (transformers#45488, #48206; vLLM fixed only V3.2, vllm#37004).
   How:     when the folder's tokenizer_config names a Llama tokenizer and its tokenizer.json
            is byte-level, load tokenizer.json as is (TokenizersBackend) instead; every other
-           tokenizer goes through vLLM's loader untouched.
+           tokenizer goes through vLLM's loader untouched. If vLLM's loader fails on a local
+           folder without tokenizer.json, the error says that file is missing (transformers
+           alone says "install sentencepiece or tiktoken", which does not help).
   Remove:  when transformers loads such a folder faithfully without a config.json.
 """
