@@ -77,6 +77,7 @@ def register() -> None:
     if not _vllm.version_supported():
         return
     _vllm.patch_tokenizer_loading()
+    _vllm.patch_weight_loading()
     for arch, target in MODELS.items():
         _vllm.register_model(arch, target)
     for name, (module, cls) in TOOL_PARSERS.items():

@@ -232,6 +232,15 @@ def patch_tokenizer_loading() -> None:
     tokenizer.apply(CachedHfTokenizer, get_cached_tokenizer)
 
 
+def patch_weight_loading() -> None:
+    """Apply ds_plugin.patches.weights to vLLM's default model loader (idempotent)."""
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    from ds_plugin.patches import weights
+
+    weights.apply(DefaultModelLoader)
+
+
 def get_tokenizer(name: str, **kwargs):
     """vLLM's own tokenizer loading path (what the server uses)."""
     from vllm.tokenizers import get_tokenizer as _get

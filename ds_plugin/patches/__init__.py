@@ -15,4 +15,15 @@ tokenizer.py — faithful DeepSeek tokenization from a tokenizer-only directory.
            folder without tokenizer.json, the error says that file is missing (transformers
            alone says "install sentencepiece or tiktoken", which does not help).
   Remove:  when transformers loads such a folder faithfully without a config.json.
+
+weights.py — a truncated or corrupt safetensors shard is named.
+  Target:  vllm.model_executor.model_loader.default_loader.DefaultModelLoader
+           ._prepare_weights (vLLM 0.32).
+  Why:     safetensors reports "Error while deserializing header: incomplete metadata, file
+           not fully covered" (or "invalid header length") without the file; with 163
+           shards the user cannot tell which download broke.
+  How:     after vLLM picks the weight files, read each safetensors header (8 bytes + JSON)
+           and check it describes exactly the file's size; otherwise raise naming the file.
+           Tensor data is not read, and files that pass load as before.
+  Remove:  when vLLM's or safetensors' error names the file.
 """

@@ -21,7 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _build(path):
+def _build(path, with_config: bool = False):
     from vllm.config import set_current_vllm_config
     from vllm.distributed import (init_distributed_environment, initialize_model_parallel,
                                   model_parallel_is_initialized)
@@ -39,7 +39,8 @@ def _build(path):
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
-            return DeepseekV3ForCausalLM(vllm_config=cfg)
+            model = DeepseekV3ForCausalLM(vllm_config=cfg)
+            return (model, cfg) if with_config else model
         finally:
             torch.set_default_dtype(default)
 
@@ -122,3 +123,38 @@ def test_config_json_without_kv_lora_rank_is_refused_naming_it(tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="config.json does not state kv_lora_rank"):
         _build(path)
+
+
+def _truncate(path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+
+
+@pytest.mark.parametrize("keep", [-1000, 5, 100], ids=["data", "length", "header"])
+def test_truncated_safetensors_file_is_named(tmp_path, keep):
+    from ds_plugin.patches.weights import check_safetensors_file
+    from safetensors.torch import save_file
+
+    f = tmp_path / "model-00001-of-00002.safetensors"
+    save_file({"a": torch.zeros(64, 64), "b": torch.ones(3)}, str(f))
+    check_safetensors_file(f)
+    _truncate(f, keep)
+    with pytest.raises(ValueError, match=f"{f}: truncated safetensors file"):
+        check_safetensors_file(f)
+
+
+def test_truncated_shard_is_named_by_vllms_loader(tmp_path):
+    # The engine's own load path (vLLM's DefaultModelLoader with the plugin registered):
+    # safetensors alone says "incomplete metadata, file not fully covered", no file.
+    import ds_plugin
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.model_loader import get_model_loader
+
+    ds_plugin.register()
+    path = checkpoints.make(tmp_path, "yarn")
+    shard = sorted(path.glob("*.safetensors"))[-1]
+    _truncate(shard, -4096)
+    model, cfg = _build(path, with_config=True)
+    with set_current_vllm_config(cfg), pytest.raises(
+            ValueError, match=f"{shard}: truncated safetensors file"):
+        get_model_loader(cfg.load_config).load_weights(model, cfg.model_config)
