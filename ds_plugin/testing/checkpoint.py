@@ -12,6 +12,11 @@ attention, dense MLP, routed and shared experts is `float8_e4m3fn` with an fp32
 (w ~= fp8 * scale_inv, blockwise); embeddings, norms, the router, the correction bias, the
 MTP `eh_proj` and both heads stay unquantised, as in the release.
 
+`quant="fp8-dequantized"` is the block-FP8 checkpoint's bf16 twin: a plain bf16 checkpoint
+whose every would-be-fp8 weight is fp8 * scale_inv computed in fp32 and rounded once to
+bf16, bit for bit what ds_fp8 makes of the fp8 checkpoint on a CPU. Served, the two must
+give the same greedy tokens.
+
 Everything is a pure function of (config, quant, tokenizer, seed).
 """
 
@@ -32,6 +37,7 @@ import torch
 FP8_MAX = 448.0
 BLOCK = 128
 TOKENIZERS = ("deepseek-v3", "deepseek-v3.1", "deepseek-r1")
+QUANTS = ("bf16", "fp8", "fp8-dequantized")
 _TOKENIZER_VOCAB = 129280  # vocab_size of every V3-family release
 
 
@@ -128,8 +134,8 @@ class TinyConfig:
             cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
                                           "quant_method": "fp8",
                                           "weight_block_size": [BLOCK, BLOCK]}
-        elif quant != "bf16":
-            raise ValueError(f"quant must be 'bf16' or 'fp8', got {quant!r}")
+        elif quant not in QUANTS:
+            raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
         return dict(sorted(cfg.items()))
 
 
@@ -280,6 +286,8 @@ def dequantize_block_fp8(q: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tens
 def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16",
                        seed: int = 0) -> dict[str, torch.Tensor]:
     """The tensors exactly as stored: names, dtypes and (for fp8) scale tensors."""
+    if quant not in QUANTS:
+        raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
     kinds = {name: kind for name, _, kind in tensor_specs(cfg)}
     stored: dict[str, torch.Tensor] = {}
     for name, w in make_weights(cfg, seed).items():
@@ -290,6 +298,9 @@ def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16",
             q, s = quantize_block_fp8(w)
             stored[name] = q
             stored[name.removesuffix("weight") + "weight_scale_inv"] = s
+        elif kind == "linear" and quant == "fp8-dequantized":
+            deq = dequantize_block_fp8(*quantize_block_fp8(w))
+            stored[name] = deq.to(torch.bfloat16).contiguous()
         else:
             stored[name] = w.to(torch.bfloat16).contiguous()
     return stored

@@ -142,6 +142,25 @@ def test_read_state_dict_dequantizes_fp8_close_to_bf16(ckpts):
     assert rel < 0.04  # e4m3 quantisation noise, ~2^-5 relative
 
 
+def test_dequantized_twin_holds_what_ds_fp8_computes_on_cpu():
+    # Bit for bit the weights ds_fp8's CPU path makes at load (fp8_block_dequant to bf16),
+    # every other tensor as in the fp8 checkpoint, and no quantization_config.
+    from ds_plugin.kernels import fp8_block_dequant
+
+    cfg = TinyConfig(num_hidden_layers=2)
+    fp8 = checkpoint_tensors(cfg, "fp8")
+    twin = checkpoint_tensors(cfg, "fp8-dequantized")
+    assert set(twin) == {k for k in fp8 if not k.endswith("_scale_inv")}
+    for name, t in twin.items():
+        if fp8[name].dtype == torch.float8_e4m3fn:
+            want = fp8_block_dequant(fp8[name], fp8[name.removesuffix("weight") + "weight_scale_inv"],
+                                     torch.bfloat16)
+            assert t.dtype == torch.bfloat16 and torch.equal(t, want), name
+        else:
+            assert torch.equal(t, fp8[name]), name
+    assert "quantization_config" not in cfg.hf_config("fp8-dequantized")
+
+
 def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="n_group"):
         TinyConfig(n_routed_experts=6, n_group=4)
@@ -149,6 +168,8 @@ def test_bad_configs_are_named():
         TinyConfig(vocab_size=1000)
     with pytest.raises(ValueError, match="quant"):
         TinyConfig().hf_config(quant="int4")
+    with pytest.raises(ValueError, match="quant"):
+        checkpoint_tensors(TinyConfig(), "int4")
 
 
 def test_tokenizer_and_chat_template_shipped(ckpts):
