@@ -45,8 +45,11 @@ SESSION_CONFIG = TinyConfig(logit_peak=2.0)
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bf16 tiny DeepSeek-V3 checkpoint (real tokenizer, MTP layer included)."""
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-bf16", SESSION_CONFIG)
+    """bf16 tiny DeepSeek-V3 checkpoint (real tokenizer, MTP layer included): the bf16 twin
+    of `tiny_ckpt_fp8`, holding exactly its dequantized weights, so the session server and
+    `fp8_server` must agree token for token."""
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-bf16", SESSION_CONFIG,
+                            quant="fp8-dequantized")
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +80,10 @@ def server(tiny_ckpt: Path, tokenizer_only_dir: Path):
 
 @pytest.fixture(scope="session")
 def fp8_server(tiny_ckpt_fp8: Path):
-    """A second server, on the block-FP8 checkpoint (started only if a test asks for it).
-
-    Eager mode: this server proves loading and serving of the FP8 format; the session
-    server already covers torch.compile, and skipping it saves a minute of CI.
-    """
-    args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME, "--enforce-eager"]
+    """A second server, on the block-FP8 checkpoint (started only if a test asks for it),
+    in vLLM's default compiled mode: how users serve it (issue 10's NaN output showed only
+    there)."""
+    args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME]
     with VllmServer(tiny_ckpt_fp8, args=args,
                     log_path=tiny_ckpt_fp8.parent / "fp8-server.log") as srv:
         yield srv
