@@ -16,7 +16,8 @@ from _fp8_common import (CEIL_BF16_TFLOPS, CEIL_COPY_TBS, CEIL_FP8_BLOCKWISE_TFL
                          copy_bandwidth_tbs, time_ms, torch_blockwise_mm)
 from ds_plugin.kernels.fp8_gemm import GemmConfig, fp8_block_gemm_nt, gemm_config
 from ds_plugin.kernels.fp8_quant import fp8_act_quant
-from ds_plugin.kernels.ref_fp8 import ceil_div, random_fp8_weight
+from ds_plugin.kernels.fp8_format import ceil_div
+from ds_plugin.kernels.ref_fp8 import random_fp8_weight
 
 SHAPES = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
 MS = [1, 16, 64, 128, 512, 4096]

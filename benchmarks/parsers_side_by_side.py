@@ -1,6 +1,6 @@
 """Same corpus, ds-plugin's DeepSeek parsers vs vLLM 0.32's in-tree ones, both modes.
 
-Each case of ds_plugin/testing/parser_corpus.py goes through vLLM's own serving parser
+Each case of tests/helpers/parser_corpus.py goes through vLLM's own serving parser
 (DelegatingParser), composed once with our classes and once with vLLM's. A case passes
 non-streaming when the response equals the hand-written expectation; it passes
 streaming when every chunking (one character, one real token, three random splits, the
@@ -18,16 +18,16 @@ import argparse
 import logging
 import time
 
-from ds_plugin import _vllm
 from ds_plugin.parsers import vllm_reasoning_parser as ours_r
 from ds_plugin.parsers import vllm_tool_parser as ours_t
-from ds_plugin.testing.parser_corpus import cases, chunkings, load_tokenizer
-from ds_plugin.testing.parser_replay import (compose, expected, run_non_streaming,
+from tests.helpers.parser_corpus import cases, chunkings, load_tokenizer
+from tests.helpers.vllm_probe import intree_deepseek_parsers
+from tests.helpers.parser_replay import (compose, expected, run_non_streaming,
                                              run_streaming, tokenizer_for)
 
 
 def parser_sets():
-    vllm = _vllm.intree_deepseek_parsers()
+    vllm = intree_deepseek_parsers()
     return {
         "ds-plugin": {"v3": ours_t.DeepSeekV3ToolParser, "v31": ours_t.DeepSeekV31ToolParser,
                       "r1": ours_r.DeepSeekR1ReasoningParser,
@@ -96,7 +96,7 @@ def long_arguments() -> None:
     """One call with 125 KB of arguments streamed one real token at a time."""
     import json
 
-    from ds_plugin.testing.parser_corpus import B, E, Case, chunk_tokens, v3_call
+    from tests.helpers.parser_corpus import B, E, Case, chunk_tokens, v3_call
 
     args = json.dumps({"rows": [{"k": i, "v": "x" * 20} for i in range(3000)]})
     case = Case("long", "v3", B + v3_call("get_weather", args) + E, "",

@@ -39,15 +39,17 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
 # Quantization configs: vLLM's decorator needs the class, so its module is imported at
 # registration (it imports only vLLM's quantization bases; kernels load on first use).
 QUANT_CONFIGS: dict[str, tuple[str, str]] = {
-    "ds_fp8": ("ds_plugin.quant.fp8_block", "DSBlockFp8Config"),
+    "ds_fp8": ("ds_plugin.quant.block_fp8", "DSBlockFp8Config"),
+    "w4afp8": ("ds_plugin.quant.w4afp8", "DSW4AFp8Config"),
 }
 # Attention backends: vLLM enum member -> ("module.Class", opt-in env var or None). Existing
-# members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`. CPU:
-# our backend replaces vLLM's CPU_MLA only with DS_PLUGIN_CPU_MLA=1, so an engine test can
-# compare it with vLLM's own and other CPU tests keep vLLM's faster C++ decode.
+# members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`, its
+# decode kernel picked by DS_PLUGIN_MLA_KERNEL or the measured default. CPU: our backend
+# replaces vLLM's CPU_MLA only with DS_PLUGIN_CPU_MLA=1, so an engine test can compare it with
+# vLLM's own and other CPU tests keep vLLM's faster C++ decode.
 ATTENTION_BACKENDS: dict[str, tuple[str, str | None]] = {
-    "CUSTOM": ("ds_plugin.attention.mla.DSMLABackend", None),
-    "CPU_MLA": ("ds_plugin.attention.mla.DSCpuMLABackend", "DS_PLUGIN_CPU_MLA"),
+    "CUSTOM": ("ds_plugin.attention.mla_backend.DSMLABackend", None),
+    "CPU_MLA": ("ds_plugin.attention.mla_backend.DSCpuMLABackend", "DS_PLUGIN_CPU_MLA"),
 }
 
 # A child of vLLM's logger, so plugin lines go through whatever logging vLLM configures
@@ -72,7 +74,7 @@ def register() -> None:
     """
     if not _allowed_by_vllm_plugins():
         return
-    from ds_plugin import _vllm
+    from ds_plugin import _vllm, envs
 
     if not _vllm.version_supported():
         return
@@ -87,5 +89,5 @@ def register() -> None:
     for name, (module, cls) in QUANT_CONFIGS.items():
         _vllm.register_quantization_config(name, module, cls)
     for name, (path, opt_in) in ATTENTION_BACKENDS.items():
-        if opt_in is None or os.environ.get(opt_in) == "1":
+        if opt_in is None or envs.flag(opt_in):
             _vllm.register_attention_backend(name, path)

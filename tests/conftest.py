@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint, write_tokenizer
-from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+# Test modules may import ds_plugin (and so its Triton kernels) only after pytest_configure
+# below has run: nothing from ds_plugin is imported at this module's top.
 
 SERVED_NAME = "tiny"
 
@@ -40,28 +40,33 @@ SESSION_SERVER_ARGS: list[str] = [
 ]
 
 # Peaked so that greedy decoding is stable across runs and near-tie free.
-SESSION_CONFIG = TinyConfig(logit_peak=2.0)
+SESSION_LOGIT_PEAK = 2.0
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bf16 tiny DeepSeek-V3 checkpoint (real tokenizer, MTP layer included): the bf16 twin
-    of `tiny_ckpt_fp8`, holding exactly its dequantized weights, so the session server and
-    `fp8_server` must agree token for token."""
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-bf16", SESSION_CONFIG,
-                            quant="fp8-dequantized")
+def tiny_ckpt(tiny_ckpt_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bf16 tiny DeepSeek-V3 checkpoint (real tokenizer, MTP layer included): the exact bf16
+    twin of `tiny_ckpt_fp8` (its weights dequantized, as ds_fp8 computes with on a CPU), so
+    the session server and `fp8_server` must agree token for token."""
+    from ds_plugin.testing.checkpoint import write_bf16_twin
+
+    return write_bf16_twin(tiny_ckpt_fp8, tmp_path_factory.mktemp("ckpt") / "tiny-v3-bf16")
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt_fp8(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same weights as block-FP8, exactly as DeepSeek ships them."""
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-fp8", SESSION_CONFIG,
-                            quant="fp8")
+    """The session checkpoint as block-FP8, exactly as DeepSeek ships it."""
+    from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-fp8",
+                            TinyConfig(logit_peak=SESSION_LOGIT_PEAK), quant="fp8")
 
 
 @pytest.fixture(scope="session")
 def tokenizer_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The released V3 tokenizer files with no config.json beside them."""
+    from ds_plugin.testing.checkpoint import write_tokenizer
+
     return write_tokenizer(tmp_path_factory.mktemp("tok") / "deepseek-v3-tokenizer")
 
 
@@ -72,6 +77,8 @@ def server(tiny_ckpt: Path, tokenizer_only_dir: Path):
     It reads the tokenizer from a tokenizer-only folder (`--tokenizer`), the case in which
     transformers alone would corrupt DeepSeek tokenization; the plugin must keep it exact.
     """
+    from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+
     args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME,
             "--tokenizer", str(tokenizer_only_dir), *SESSION_SERVER_ARGS]
     with VllmServer(tiny_ckpt, args=args, log_path=tiny_ckpt.parent / "session-server.log") as srv:
@@ -83,6 +90,8 @@ def fp8_server(tiny_ckpt_fp8: Path):
     """A second server, on the block-FP8 checkpoint (started only if a test asks for it),
     in vLLM's default compiled mode: how users serve it (issue 10's NaN output showed only
     there)."""
+    from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+
     args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME]
     with VllmServer(tiny_ckpt_fp8, args=args,
                     log_path=tiny_ckpt_fp8.parent / "fp8-server.log") as srv:

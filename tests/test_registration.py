@@ -8,19 +8,23 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import ds_plugin
+
+ROOT = Path(__file__).resolve().parents[1]  # the probe imports tests.helpers from here
 
 # Runs in a fresh interpreter: vLLM's loader discovers the entry point and calls it, then
 # the script reports what the registries hold.
 PROBE = r"""
 import json
-from vllm.plugins import load_general_plugins
+from tests.helpers.vllm_api import CachedHfTokenizer, load_general_plugins
 load_general_plugins()
-from ds_plugin import _vllm, MODELS
-from vllm.tokenizers.hf import CachedHfTokenizer
+from ds_plugin import MODELS
+from tests.helpers.vllm_probe import registered_model_target
 print(json.dumps({
     "patched": bool(getattr(CachedHfTokenizer.from_pretrained, "__ds_plugin_tokenizer_patch__", False)),
-    "models": {a: _vllm.registered_model_target(a) for a in MODELS},
+    "models": {a: registered_model_target(a) for a in MODELS},
 }))
 """
 
@@ -29,7 +33,7 @@ def _probe(env_extra: dict[str, str]) -> dict:
     env = {**os.environ, **env_extra}
     env.pop("VLLM_PLUGINS", None) if "VLLM_PLUGINS" not in env_extra else None
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env,
-                       timeout=600)
+                       timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -54,14 +58,11 @@ def test_vllm_plugins_allow_list_is_honoured():
 
 
 def _snapshot() -> str:
-    from ds_plugin import _vllm
-    from ds_plugin._vllm import ModelRegistry
+    from tests.helpers.vllm_probe import model_registry_snapshot, registered_parsers
 
-    models = {a: repr(ModelRegistry.models.get(a)) for a in ds_plugin.MODELS}
-    return json.dumps({"models": models,
-                       "tools": _vllm.registered_parsers("tool"),
-                       "reasoning": _vllm.registered_parsers("reasoning"),
-                       "model_count": len(ModelRegistry.models)}, sort_keys=True)
+    return json.dumps({**model_registry_snapshot(ds_plugin.MODELS),
+                       "tools": registered_parsers("tool"),
+                       "reasoning": registered_parsers("reasoning")}, sort_keys=True)
 
 
 def test_register_twice_is_harmless():

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ds_plugin.kernels.ref_fp8 import FP8, GROUP, ceil_div
+from ds_plugin.kernels.fp8_format import BLOCK, FP8, ceil_div
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _num_sms(device: torch.device) -> int:
 def gemm_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     """Tile choice per M bucket. Small M is weight-bandwidth bound: narrow N tiles and
     split-K to put ~2 programs on every SM. Large M is tensor-core bound: 128x128 tiles."""
-    k_blocks = ceil_div(k, GROUP)
+    k_blocks = ceil_div(k, BLOCK)
     if m <= 64:
         cfg = GemmConfig(block_m=16 if m <= 16 else (32 if m <= 32 else 64),
                          block_n=64, num_warps=4, num_stages=4)
@@ -119,11 +119,11 @@ def _check(a, a_s, b, b_s):
         raise ValueError(f"fp8_block_gemm_nt: need a (M,K), b (N,K); got {tuple(a.shape)}, {tuple(b.shape)}")
     m, k = a.shape
     n = b.shape[0]
-    if tuple(a_s.shape) != (m, ceil_div(k, GROUP)):
-        raise ValueError(f"fp8_block_gemm_nt: a_s must be ({m}, {ceil_div(k, GROUP)}), got {tuple(a_s.shape)}")
-    if tuple(b_s.shape) != (ceil_div(n, GROUP), ceil_div(k, GROUP)):
-        raise ValueError(f"fp8_block_gemm_nt: b_s must be ({ceil_div(n, GROUP)}, "
-                         f"{ceil_div(k, GROUP)}), got {tuple(b_s.shape)}")
+    if tuple(a_s.shape) != (m, ceil_div(k, BLOCK)):
+        raise ValueError(f"fp8_block_gemm_nt: a_s must be ({m}, {ceil_div(k, BLOCK)}), got {tuple(a_s.shape)}")
+    if tuple(b_s.shape) != (ceil_div(n, BLOCK), ceil_div(k, BLOCK)):
+        raise ValueError(f"fp8_block_gemm_nt: b_s must be ({ceil_div(n, BLOCK)}, "
+                         f"{ceil_div(k, BLOCK)}), got {tuple(b_s.shape)}")
     for name, t in (("a", a), ("b", b), ("a_s", a_s), ("b_s", b_s)):
         if t.stride(-1) != 1:
             raise ValueError(f"fp8_block_gemm_nt: {name} needs a contiguous last dim, strides {t.stride()}")
@@ -153,7 +153,7 @@ def fp8_block_gemm_nt(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: 
     if k == 0:
         return out.zero_()
     cfg = config or gemm_config(m, n, k, _num_sms(a.device))
-    k_blocks = ceil_div(k, GROUP)
+    k_blocks = ceil_div(k, BLOCK)
     split = min(cfg.split_k, k_blocks)
     kb_per_split = ceil_div(k_blocks, split)
     split = ceil_div(k_blocks, kb_per_split)  # no empty splits
@@ -163,7 +163,7 @@ def fp8_block_gemm_nt(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: 
         a, a_s, b, b_s, c, m, n, k,
         a.stride(0), a_s.stride(0), b.stride(0), b_s.stride(0),
         c.stride(0) if split > 1 else 0, c.stride(-2), kb_per_split,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=GROUP, GROUP_M=cfg.group_m,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=BLOCK, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split > 1:
         numel = m * n

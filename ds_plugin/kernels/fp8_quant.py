@@ -1,7 +1,7 @@
 """Per-token-group FP8 (e4m3) quantization of activations, optionally fused with SiLU*mul.
 
-Layouts are defined in `ref_fp8.py`; `ref_act_quant` there is the bitwise twin of
-`fp8_act_quant` (same division, same rounding, same power-of-two scale rounding).
+Formats are fp8_format's; `fp8_format.quant_groups` is the bitwise twin of `fp8_act_quant`
+(same division, same rounding, same power-of-two scale rounding).
 """
 
 from __future__ import annotations
@@ -10,40 +10,24 @@ import torch
 import triton
 import triton.language as tl
 
-from ds_plugin.kernels.ref_fp8 import AMAX_EPS, FP8, FP8_MAX, GROUP, ceil_div
+from ds_plugin.kernels.fp8_format import (AMAX_EPS, BLOCK, E4M3_MAX, FP8, ceil_div, dequant_block,
+                                          round_e4m3)
 
 # Groups handled by one program: enough work per program to hide the load latency,
 # few enough that a 4096-token batch still spreads over every SM.
 _GROUPS_PER_PROG = 4
 # Triton kernels may only read module globals that are constexpr.
 _EPS = tl.constexpr(AMAX_EPS)
-_MAX = tl.constexpr(FP8_MAX)
+_MAX = tl.constexpr(E4M3_MAX)
 
 
 @triton.jit
 def _round_ue8m0(s):
-    # Power-of-two round-up by bit arithmetic, so it equals ref_fp8.round_scale_ue8m0 exactly.
+    # Power-of-two round-up by bit arithmetic, so it equals fp8_format.round_scale_ue8m0 exactly.
     bits = s.to(tl.int32, bitcast=True)
     exp = (bits >> 23) & 0xFF
     exp = exp + ((bits & 0x7FFFFF) != 0).to(tl.int32)
     return (exp << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _round_e4m3(v):
-    # Round fp32 to the nearest e4m3 value (ties to even) in fp32 arithmetic, so the final
-    # cast is exact. The GPU's cvt would round the same way; Triton's CPU interpreter does
-    # not (seen with 3.9: 124.3 -> 64), and tests run there.
-    bits = v.to(tl.int32, bitcast=True)
-    e = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # below 2**-6 e4m3 is subnormal
-    up = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)  # 2**(3-e): one e4m3 ulp -> 1
-    down = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
-    t = v * up  # exact, |t| < 16
-    t = (t + 12582912.0) - 12582912.0  # 1.5 * 2**23: fp32 add rounds t to an integer (RNE)
-    # Put v's sign bit back: a negative value that rounds to zero must give -0, as the
-    # hardware cast does (t + c - c is always +0).
-    r = (t * down).to(tl.int32, bitcast=True) | ((bits >> 31) << 31)
-    return r.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -55,7 +39,7 @@ def _quant_store(v, row, g_offs, cols, k, q_ptr, q_stride, s_ptr, s_stride, n_gr
     if UE8M0:
         s = _round_ue8m0(s)
     q = tl.math.div_rn(v, s[:, None])
-    q = _round_e4m3(tl.minimum(tl.maximum(q, -_MAX), _MAX))
+    q = round_e4m3(tl.minimum(tl.maximum(q, -_MAX), _MAX))
     mask = cols < k
     tl.store(q_ptr + row * q_stride + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + row * s_stride + g_offs, s, mask=g_offs < n_groups)
@@ -89,13 +73,13 @@ def _launch(kernel, x: torch.Tensor, k: int, ue8m0: bool, name: str):
         raise ValueError(f"{name}: x must be 2-D with unit stride in the last dim, got "
                          f"shape {tuple(x.shape)} strides {x.stride()}")
     m = x.shape[0]
-    g = ceil_div(k, GROUP)
+    g = ceil_div(k, BLOCK)
     q = torch.empty(m, k, dtype=FP8, device=x.device)
     s = torch.empty(m, g, dtype=torch.float32, device=x.device)
     if m and k:
         grid = (m, ceil_div(g, _GROUPS_PER_PROG))
         kernel[grid](x, x.stride(0), q, q.stride(0), s, s.stride(0), k, g,
-                     GROUP_SIZE=GROUP, GPP=_GROUPS_PER_PROG, UE8M0=ue8m0)
+                     GROUP_SIZE=BLOCK, GPP=_GROUPS_PER_PROG, UE8M0=ue8m0)
     return q, s
 
 
@@ -129,9 +113,6 @@ def fp8_silu_mul_quant(gate_up: torch.Tensor, ue8m0: bool = False):
 def fp8_block_dequant(w_q: torch.Tensor, s: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
     """(..., N, K) fp8 weight with (..., ceil(N/128), ceil(K/128)) block scales -> dtype.
 
-    Torch only (it runs once at load on the CPU path): expand the scales to the weight
-    shape, multiply in fp32, round once to `dtype`.
+    Torch only (it runs once at load on the CPU path): fp8_format's codec.
     """
-    n, k = w_q.shape[-2:]
-    full = s.repeat_interleave(GROUP, dim=-2).repeat_interleave(GROUP, dim=-1)
-    return (w_q.float() * full[..., :n, :k]).to(dtype)
+    return dequant_block(w_q, s, dtype)

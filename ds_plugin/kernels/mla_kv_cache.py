@@ -5,9 +5,9 @@ token, kv_c first. `slot_mapping[t] = block * block_size + offset`; a negative s
 token (CUDA-graph padding, vLLM uses -1) and writes nothing.
 
 BF16 cache: a plain copy (bitwise). FP8 e4m3 cache (torch.float8_e4m3fn, or vLLM's uint8 storage
-of it): `clamp(x / scale, ±448)` rounded to nearest even, with one per-tensor fp32 `scale`; the
-division is IEEE-rounded so the result is bitwise equal to the torch twin
-`ref_mla.ref_mla_kv_cache_write`.
+of it): `clamp(x / scale, ±448)` rounded to nearest even (fp8_format.round_e4m3), with one
+per-tensor fp32 `scale`; the division is IEEE-rounded so the result is bitwise equal to the
+torch twin `ref_mla.ref_mla_kv_cache_write`.
 """
 
 from __future__ import annotations
@@ -16,35 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_E4M3_MAX = 448.0
+from ds_plugin.kernels.fp8_format import E4M3_MAX, FP8, round_e4m3
 
-
-@triton.jit
-def _e4m3_bits(x):
-    """fp32 in [-448, 448] -> e4m3fn bit pattern (uint8), round to nearest even.
-
-    Done with integer arithmetic rather than a float8 cast: the Triton 3.9 interpreter's cast
-    rounds wrongly (seen: 7.9 -> 4.0), and one code path on both GPU and interpreter lets the CPU
-    tests prove the bits the GPU writes.
-    """
-    bits = x.to(tl.int32, bitcast=True)
-    sign = ((bits >> 24) & 0x80).to(tl.int32)
-    mag = bits & 0x7FFFFFFF
-    # Normal range (|x| >= 2^-6): rebias the exponent 127 -> 7, keep 3 of 23 mantissa bits.
-    # A carry out of the mantissa correctly bumps the exponent; the clamp keeps it <= 448.
-    rebased = mag - ((127 - 7) << 23)
-    keep = rebased >> 20
-    rem = rebased & 0xFFFFF
-    up = (rem > 0x80000) | ((rem == 0x80000) & ((keep & 1) == 1))
-    normal = keep + up.to(tl.int32)
-    # Subnormals are multiples of 2^-9: scale exactly, round half to even (8 encodes 2^-6).
-    f = tl.abs(x) * 512.0
-    n = tl.floor(f)
-    r = f - n
-    odd = (n.to(tl.int32) & 1) == 1
-    sub = n.to(tl.int32) + ((r > 0.5) | ((r == 0.5) & odd)).to(tl.int32)
-    code = tl.where(mag >= (121 << 23), normal, sub)
-    return (sign | code).to(tl.uint8)
+_MAX = tl.constexpr(E4M3_MAX)
 
 
 @triton.jit
@@ -60,17 +34,17 @@ def _mla_kv_cache_write_kernel(KVC, KPE, CACHE, SLOT, SCALE,
         offs_r = tl.arange(0, ROPE)
         c = tl.load(KVC + t.to(tl.int64) * stride_kvc + offs_c)
         r = tl.load(KPE + t.to(tl.int64) * stride_kpe + offs_r)
-        if FP8:  # CACHE is the uint8 view of the e4m3 cache
+        if FP8:
             scale = tl.load(SCALE)
-            c = _e4m3_bits(tl.clamp(tl.div_rn(c.to(tl.float32), scale), -448.0, 448.0))
-            r = _e4m3_bits(tl.clamp(tl.div_rn(r.to(tl.float32), scale), -448.0, 448.0))
+            c = round_e4m3(tl.clamp(tl.div_rn(c.to(tl.float32), scale), -_MAX, _MAX))
+            r = round_e4m3(tl.clamp(tl.div_rn(r.to(tl.float32), scale), -_MAX, _MAX))
         tl.store(dst + offs_c, c.to(CACHE.dtype.element_ty))
         tl.store(dst + RANK + offs_r, r.to(CACHE.dtype.element_ty))
 
 
 def as_fp8_cache(cache: torch.Tensor) -> torch.Tensor:
     """vLLM stores an fp8 cache as uint8; view it as e4m3 (a no-op for bf16 and e4m3 caches)."""
-    return cache.view(torch.float8_e4m3fn) if cache.dtype == torch.uint8 else cache
+    return cache.view(FP8) if cache.dtype == torch.uint8 else cache
 
 
 def mla_kv_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, cache: torch.Tensor,
@@ -94,12 +68,12 @@ def mla_kv_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, cache: torch.Tens
         raise ValueError("kv_c, k_pe and cache need a contiguous last dimension")
     if cache.stride(1) != cache.shape[-1]:
         raise ValueError("cache rows must be packed: stride(1) == rank + rope")
-    fp8 = cache.dtype == torch.float8_e4m3fn
+    fp8 = cache.dtype == FP8
     if fp8 and (scale is None or scale.numel() != 1 or scale.dtype != torch.float32):
         raise ValueError("an fp8 cache needs `scale`: an fp32 tensor of one element")
     if num_tokens == 0:
         return
     _mla_kv_cache_write_kernel[(num_tokens,)](
-        kv_c, k_pe, cache.view(torch.uint8) if fp8 else cache, slot_mapping, scale if fp8 else kv_c,
+        kv_c, k_pe, cache, slot_mapping, scale if fp8 else kv_c,
         kv_c.stride(0), k_pe.stride(0), cache.stride(0), cache.stride(1),
         RANK=rank, ROPE=rope, PAGE=cache.shape[1], FP8=fp8, num_warps=4)

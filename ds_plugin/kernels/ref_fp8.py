@@ -1,103 +1,25 @@
 """fp32 torch twins of the block-FP8 kernels (the oracles the tests compare against).
 
-Formats, shared by every kernel in this package:
-
-- Activations: `q` (M, K) float8_e4m3fn with `s` (M, ceil(K/128)) float32, one scale per
-  token per 128 channels; x ~= q * s. A partial last group uses the channels it has.
-- Weights (DeepSeek-V3 checkpoint layout): `w` (N, K) float8_e4m3fn with `weight_scale_inv`
-  (ceil(N/128), ceil(K/128)) float32, one scale per 128x128 block; w ~= w_q * s.
-- MoE experts stack those per expert: w13 (E, 2I, K) gate rows then up rows, w2 (E, H, I).
-
-Pure torch, no Triton: this file is readable on its own and runs anywhere.
+The formats (and their codec, `quant_groups` / `dequant_block` ...) are fp8_format's; MoE
+experts stack weights per expert: w13 (E, 2I, K) gate rows then up rows, w2 (E, H, I).
+`fp8_format.quant_groups` is itself the bitwise twin of the `fp8_act_quant` kernel.
+Pure torch: this file is readable on its own and runs anywhere.
 """
 
 from __future__ import annotations
 
 import torch
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0  # largest finite e4m3fn value
-GROUP = 128
-# An all-zero group gets this amax so its scale stays finite and its codes are 0.
-AMAX_EPS = 1e-10
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def round_scale_ue8m0(s: torch.Tensor) -> torch.Tensor:
-    """Round positive fp32 scales up to a power of two, exactly (bit arithmetic, no log2).
-
-    A scale with a non-zero mantissa gets its exponent bumped by one and its mantissa
-    cleared; an exact power of two is kept. Rounding up keeps |x / s| <= 448.
-    """
-    bits = s.contiguous().view(torch.int32)
-    exp = (bits >> 23) & 0xFF
-    exp = exp + ((bits & 0x7FFFFF) != 0).to(torch.int32)
-    return (exp << 23).view(torch.float32)
-
-
-def ref_act_quant(x: torch.Tensor, group: int = GROUP, ue8m0: bool = False):
-    """Per-token-group FP8 quantization. x: (M, K) any float -> (q (M,K) fp8, s (M,G) fp32).
-
-    scale = amax(|x_group|) / 448 (optionally rounded up to a power of two); q = x / scale
-    rounded to nearest e4m3. Division is IEEE round-to-nearest, so a kernel can match bitwise.
-    """
-    m, k = x.shape
-    g = ceil_div(k, group)
-    xf = torch.zeros(m, g * group, dtype=torch.float32, device=x.device)
-    xf[:, :k] = x.float()
-    xg = xf.view(m, g, group)
-    amax = xg.abs().amax(dim=2).clamp_min(AMAX_EPS)
-    # Tensor / tensor: CUDA torch turns division by a Python scalar into multiplication by
-    # its reciprocal (one ulp off); the kernel divides with IEEE round-to-nearest.
-    s = amax / torch.full_like(amax, FP8_MAX)
-    if ue8m0:
-        s = round_scale_ue8m0(s)
-    q = (xg / s[:, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q.view(m, g * group)[:, :k].contiguous(), s
-
-
-def ref_act_dequant(q: torch.Tensor, s: torch.Tensor, group: int = GROUP) -> torch.Tensor:
-    """Inverse of ref_act_quant, in fp32: (M, K) fp8 with (M, G) scales -> (M, K) fp32."""
-    k = q.shape[1]
-    return q.float() * s.repeat_interleave(group, dim=1)[:, :k]
-
-
-def ref_weight_quant(w: torch.Tensor, block: int = GROUP):
-    """Quantize an (N, K) weight to fp8 with one scale per 128x128 block (checkpoint layout).
-
-    Returns (w_q (N,K) fp8, weight_scale_inv (ceil(N/128), ceil(K/128)) fp32).
-    """
-    n, k = w.shape
-    gn, gk = ceil_div(n, block), ceil_div(k, block)
-    wf = torch.zeros(gn * block, gk * block, dtype=torch.float32, device=w.device)
-    wf[:n, :k] = w.float()
-    blocks = wf.view(gn, block, gk, block)
-    amax = blocks.abs().amax(dim=(1, 3)).clamp_min(AMAX_EPS)
-    s = amax / FP8_MAX
-    q = (blocks / s[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q.view(gn * block, gk * block)[:n, :k].contiguous(), s
-
-
-def ref_weight_dequant(w_q: torch.Tensor, s: torch.Tensor, block: int = GROUP) -> torch.Tensor:
-    """(N, K) fp8 weight with its block scales -> (N, K) fp32."""
-    n, k = w_q.shape
-    full = s.repeat_interleave(block, dim=0).repeat_interleave(block, dim=1)
-    return w_q.float() * full[:n, :k]
+from ds_plugin.kernels.fp8_moe_prefill import moe_align_capacity
+from ds_plugin.kernels.fp8_format import (BLOCK, FP8, ceil_div, dequant_block, dequant_groups,
+                                          quant_groups)
 
 
 def ref_block_gemm_nt(a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16) -> torch.Tensor:
     """out (M, N) = dequant(a) @ dequant(b).T, accumulated in fp32, rounded once to out_dtype."""
-    a = ref_act_dequant(a_q, a_s)
-    b = ref_weight_dequant(b_q, b_s)
+    a = dequant_groups(a_q, a_s)
+    b = dequant_block(b_q, b_s)
     return (a @ b.t()).to(out_dtype)
-
-
-def moe_align_capacity(pairs: int, num_experts: int, block_m: int) -> int:
-    """Upper bound of the padded length: every hit expert wastes at most block_m - 1 rows."""
-    return ceil_div(pairs + min(pairs, num_experts) * (block_m - 1), block_m) * block_m
 
 
 def ref_moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
@@ -150,29 +72,18 @@ def ref_fused_moe(x, topk_weights, topk_ids, w13, w13_s, w2, w2_s, ue8m0: bool =
     Returns (M, H) bf16.
     """
     m, top_k = topk_ids.shape
-    xq, xs = ref_act_quant(x, ue8m0=ue8m0)
-    xd = ref_act_dequant(xq, xs)
+    xq, xs = quant_groups(x, ue8m0=ue8m0)
+    xd = dequant_groups(xq, xs)
     out = torch.zeros(m, x.shape[1], dtype=torch.float32, device=x.device)
     for t in range(m):
         for j in range(top_k):
             e = int(topk_ids[t, j])
-            h = (xd[t:t + 1] @ ref_weight_dequant(w13[e], w13_s[e]).t()).to(torch.bfloat16)
+            h = (xd[t:t + 1] @ dequant_block(w13[e], w13_s[e]).t()).to(torch.bfloat16)
             a = ref_silu_mul(h)
-            aq, as_ = ref_act_quant(a, ue8m0=ue8m0)
-            y = ref_act_dequant(aq, as_) @ ref_weight_dequant(w2[e], w2_s[e]).t()
+            aq, as_ = quant_groups(a, ue8m0=ue8m0)
+            y = dequant_groups(aq, as_) @ dequant_block(w2[e], w2_s[e]).t()
             out[t] += float(topk_weights[t, j]) * y[0]
     return out.to(torch.bfloat16)
-
-
-def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
-    """1 - cos-like similarity, 1 - 2<x,y> / (|x|^2 + |y|^2), in fp64; 0 when equal.
-
-    Scale-free and insensitive to a few rounding flips, so it is the budget for results
-    that pass through a second quantization (the MoE's SiLU output).
-    """
-    x, y = x.double(), y.double()
-    denom = (x * x + y * y).sum()
-    return float(1 - 2 * (x * y).sum() / denom) if denom > 0 else 0.0
 
 
 def random_fp8_weight(shape, device, generator=None):
@@ -186,6 +97,6 @@ def random_fp8_weight(shape, device, generator=None):
     flat = w.view(-1, n, k)
     for i in range(flat.shape[0]):
         flat[i] = torch.randn(n, k, device=device, generator=generator).to(FP8)
-    s = torch.rand(*lead, ceil_div(n, GROUP), ceil_div(k, GROUP), device=device,
+    s = torch.rand(*lead, ceil_div(n, BLOCK), ceil_div(k, BLOCK), device=device,
                    generator=generator) + 0.5
     return w, s / k ** 0.5

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-FP8_E4M3_MAX = 448.0
+from ds_plugin.kernels.fp8_format import E4M3_MAX, FP8
 
 
 def ref_mla_kv_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, cache: torch.Tensor,
@@ -36,8 +36,8 @@ def ref_mla_kv_cache_write(kv_c: torch.Tensor, k_pe: torch.Tensor, cache: torch.
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     row = torch.cat([kv_c[keep].float(), k_pe.reshape(k_pe.shape[0], -1)[keep].float()], dim=-1)
-    if cache.dtype == torch.float8_e4m3fn:
-        row = (row / scale.float()).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
+    if cache.dtype == FP8:
+        row = (row / scale.float()).clamp(-E4M3_MAX, E4M3_MAX)
     flat[slots] = row.to(cache.dtype)
     assert flat.shape[-1] == rank + k_pe.shape[-1]
     return cache
@@ -50,7 +50,7 @@ def ref_gather_latent(cache: torch.Tensor, block_table_row: torch.Tensor, seq_le
     pos = torch.arange(seq_len, device=cache.device)
     pages = block_table_row[pos // block_size].long()
     rows = cache[pages, pos % block_size].float()
-    if cache.dtype == torch.float8_e4m3fn:
+    if cache.dtype == FP8:
         rows = rows * k_scale.float()
     return rows
 
@@ -121,13 +121,3 @@ def ref_mla_naive(q_nope: torch.Tensor, q_pe: torch.Tensor, kv_c: torch.Tensor, 
     k = torch.cat([k_nope, k_pe.float()[:, None, :].expand(-1, heads, -1)], dim=-1)
     q = torch.cat([q_nope.float(), q_pe.float()], dim=-1)
     return ref_attention(q, k, v, scale, q_offset)[0]
-
-
-def ref_merge_lse(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
-                  lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine two attentions over disjoint key sets from their outputs and natural-log lses."""
-    lse = torch.logaddexp(lse_a, lse_b)
-    safe = lse.masked_fill(lse == -math.inf, 0.0)
-    wa = torch.exp(lse_a - safe)[..., None]
-    wb = torch.exp(lse_b - safe)[..., None]
-    return out_a * wa + out_b * wb, lse

@@ -19,17 +19,18 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.layers import (LogitsProcessor, ParallelLMHead, RMSNorm,
+                                     VocabParallelEmbedding, stated_config_fields,
+                                     support_torch_compile)
 from ds_plugin.model.config import DSConfig
 from ds_plugin.model.mla import DeepseekV3MLA
 from ds_plugin.model.moe import DeepseekV3MoE, DenseMLP
 from ds_plugin.model.weights import load_checkpoint
 
-V = _vllm.model_api()
 log = logging.getLogger("vllm.ds_plugin")
 
-# Printed once per model build in the process that builds it (the engine's worker); the
-# registration test looks for it to prove this class, not vLLM's, served the request.
+# Printed once per model build by the process that builds it, the engine's worker: the
+# serving test reads it from the server log to prove this class, not vLLM's, was built.
 BUILD_LOG_LINE = "ds_plugin: building DeepseekV3ForCausalLM"
 
 
@@ -37,10 +38,10 @@ class DeepseekV3DecoderLayer(nn.Module):
     def __init__(self, cfg: DSConfig, vllm_config, layer_idx: int, prefix: str) -> None:
         super().__init__()
         quant = vllm_config.quant_config
-        self.input_layernorm = V.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.self_attn = DeepseekV3MLA(cfg, vllm_config.cache_config, quant,
                                        prefix=f"{prefix}.self_attn")
-        self.post_attention_layernorm = V.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         if cfg.is_moe_layer(layer_idx):
             self.mlp = DeepseekV3MoE(cfg, vllm_config.parallel_config, quant, prefix=f"{prefix}.mlp")
         else:
@@ -62,20 +63,20 @@ class DeepseekV3DecoderLayer(nn.Module):
 
 # Token count is the one dynamic dimension of every forward input (stated explicitly:
 # vLLM cannot read it from the annotations, which are strings in this module).
-@V.support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "inputs_embeds": 0})
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "inputs_embeds": 0})
 class DeepseekV3Model(nn.Module):
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__()
         model_config = vllm_config.model_config
-        cfg = DSConfig.from_hf(model_config.hf_config, _vllm.stated_config_fields(model_config))
+        cfg = DSConfig.from_hf(model_config.hf_config, stated_config_fields(model_config))
         self.cfg = cfg
-        self.embed_tokens = V.VocabParallelEmbedding(
+        self.embed_tokens = VocabParallelEmbedding(
             cfg.vocab_size, cfg.hidden_size, quant_config=vllm_config.quant_config,
             prefix=f"{prefix}.embed_tokens")
         self.layers = nn.ModuleList(
             DeepseekV3DecoderLayer(cfg, vllm_config, i, prefix=f"{prefix}.layers.{i}")
             for i in range(cfg.num_hidden_layers))
-        self.norm = V.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
@@ -110,10 +111,10 @@ class DeepseekV3ForCausalLM(nn.Module):
         self.num_redundant_experts = vllm_config.parallel_config.eplb_config.num_redundant_experts
         self.model = DeepseekV3Model(vllm_config=vllm_config, prefix=_join(prefix, "model"))
         self.cfg = self.model.cfg
-        self.lm_head = V.ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size,
+        self.lm_head = ParallelLMHead(self.cfg.vocab_size, self.cfg.hidden_size,
                                         quant_config=self.quant_config,
                                         prefix=_join(prefix, "lm_head"))
-        self.logits_processor = V.LogitsProcessor(self.cfg.vocab_size)
+        self.logits_processor = LogitsProcessor(self.cfg.vocab_size)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_input_ids(input_ids)
@@ -123,8 +124,8 @@ class DeepseekV3ForCausalLM(nn.Module):
                 ) -> torch.Tensor:
         return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        return self.logits_processor(self.lm_head, hidden)
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return load_checkpoint(self, weights)

@@ -20,16 +20,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.layers import (ColumnParallelLinear, MergedColumnParallelLinear,
+                                     MLAAttention, ReplicatedLinear, RMSNorm, RowParallelLinear,
+                                     get_rope, get_tensor_model_parallel_world_size)
 from ds_plugin.model.config import DSConfig
-
-V = _vllm.model_api()
 
 
 class DeepseekV3MLA(nn.Module):
     def __init__(self, cfg: DSConfig, cache_config, quant_config, prefix: str) -> None:
         super().__init__()
-        tp = V.tp_size()
+        tp = get_tensor_model_parallel_world_size()
         if cfg.num_heads % tp:
             raise ValueError(f"{prefix}: num_attention_heads={cfg.num_heads} is not divisible "
                              f"by tensor_parallel_size={tp}")
@@ -41,32 +41,32 @@ class DeepseekV3MLA(nn.Module):
         # The down projections read the full hidden state and are small: every rank keeps
         # a replica. With q LoRA both share one GEMM (checkpoint: q_a_proj, kv_a_proj_with_mqa).
         if cfg.q_lora_rank is not None:
-            self.fused_qkv_a_proj = V.MergedColumnParallelLinear(
+            self.fused_qkv_a_proj = MergedColumnParallelLinear(
                 cfg.hidden_size, [cfg.q_lora_rank, kv_a_out], bias=False, disable_tp=True,
                 quant_config=quant_config, prefix=f"{prefix}.fused_qkv_a_proj")
-            self.q_a_layernorm = V.RMSNorm(cfg.q_lora_rank, eps=cfg.rms_norm_eps)
-            self.q_b_proj = V.ColumnParallelLinear(
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=cfg.rms_norm_eps)
+            self.q_b_proj = ColumnParallelLinear(
                 cfg.q_lora_rank, q_out, bias=False, quant_config=quant_config,
                 prefix=f"{prefix}.q_b_proj")
         else:
-            self.kv_a_proj_with_mqa = V.ReplicatedLinear(
+            self.kv_a_proj_with_mqa = ReplicatedLinear(
                 cfg.hidden_size, kv_a_out, bias=False, quant_config=quant_config,
                 prefix=f"{prefix}.kv_a_proj_with_mqa")
-            self.q_proj = V.ColumnParallelLinear(
+            self.q_proj = ColumnParallelLinear(
                 cfg.hidden_size, q_out, bias=False, quant_config=quant_config,
                 prefix=f"{prefix}.q_proj")
-        self.kv_a_layernorm = V.RMSNorm(cfg.kv_lora_rank, eps=cfg.rms_norm_eps)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, eps=cfg.rms_norm_eps)
         # Up projection of the latent, [heads·(nope + v), kv_lora_rank]; heads split over TP.
-        self.kv_b_proj = V.ColumnParallelLinear(
+        self.kv_b_proj = ColumnParallelLinear(
             cfg.kv_lora_rank, cfg.num_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             bias=False, quant_config=quant_config, prefix=f"{prefix}.kv_b_proj")
-        self.o_proj = V.RowParallelLinear(
+        self.o_proj = RowParallelLinear(
             cfg.num_heads * cfg.v_head_dim, cfg.hidden_size, bias=False,
             quant_config=quant_config, prefix=f"{prefix}.o_proj")
         # DeepSeek rotates adjacent pairs (not NeoX halves) of the 64 rope dims only.
-        self.rotary_emb = V.get_rope(cfg.qk_rope_head_dim, max_position=cfg.max_position_embeddings,
+        self.rotary_emb = get_rope(cfg.qk_rope_head_dim, max_position=cfg.max_position_embeddings,
                                      rope_parameters=cfg.rope_parameters(), is_neox_style=False)
-        self.attn = V.MLAAttention(
+        self.attn = MLAAttention(
             num_heads=self.num_local_heads, scale=cfg.softmax_scale,
             qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim,
             v_head_dim=cfg.v_head_dim, q_lora_rank=cfg.q_lora_rank,

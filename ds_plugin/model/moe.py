@@ -20,10 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.layers import (FusedMoEFactory, GateLinear, MergedColumnParallelLinear,
+                                     RowParallelLinear, SiluAndMul)
 from ds_plugin.model.config import DSConfig
-
-V = _vllm.model_api()
 
 
 class DenseMLP(nn.Module):
@@ -32,13 +31,13 @@ class DenseMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, quant_config, prefix: str,
                  reduce_results: bool = True) -> None:
         super().__init__()
-        self.gate_up_proj = V.MergedColumnParallelLinear(
+        self.gate_up_proj = MergedColumnParallelLinear(
             hidden_size, [intermediate_size] * 2, bias=False, quant_config=quant_config,
             prefix=f"{prefix}.gate_up_proj")
-        self.down_proj = V.RowParallelLinear(
+        self.down_proj = RowParallelLinear(
             intermediate_size, hidden_size, bias=False, quant_config=quant_config,
             reduce_results=reduce_results, prefix=f"{prefix}.down_proj")
-        self.act_fn = V.SiluAndMul()
+        self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)[0]))[0]
@@ -49,7 +48,7 @@ class DeepseekV3MoE(nn.Module):
         super().__init__()
         # Router weights stay unquantized in every DeepSeek release (the gate is bf16 even in
         # the FP8 checkpoints); GateLinear leaves them so whatever quant_config is active.
-        self.gate = V.GateLinear(cfg.hidden_size, cfg.n_routed_experts, prefix=f"{prefix}.gate")
+        self.gate = GateLinear(cfg.hidden_size, cfg.n_routed_experts, prefix=f"{prefix}.gate")
         # Per-expert load-balancing bias, fp32 as released; a selection-only offset.
         self.gate.e_score_correction_bias = nn.Parameter(
             torch.empty(cfg.n_routed_experts, dtype=torch.float32), requires_grad=False)
@@ -60,7 +59,7 @@ class DeepseekV3MoE(nn.Module):
                 cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts,
                 quant_config, f"{prefix}.shared_experts", reduce_results=False)
         eplb = parallel_config.eplb_config
-        self.experts = V.FusedMoEFactory(
+        self.experts = FusedMoEFactory(
             num_experts=cfg.n_routed_experts, top_k=cfg.num_experts_per_tok,
             hidden_size=cfg.hidden_size, intermediate_size=cfg.moe_intermediate_size,
             renormalize=cfg.norm_topk_prob, quant_config=quant_config,

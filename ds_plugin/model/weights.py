@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.layers import default_weight_loader, fused_moe_make_expert_params_mapping
 from ds_plugin.model.config import DSConfig
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -45,13 +45,13 @@ class Target:
 
 def checkpoint_plan(model: nn.Module, cfg: DSConfig) -> dict[str, list[Target]]:
     """Checkpoint tensor name -> where it goes (several targets for replicated experts)."""
-    mapping = _vllm.model_api().expert_params_mapping(
+    mapping = fused_moe_make_expert_params_mapping(
         model, ckpt_gate_proj_name="gate_proj", ckpt_down_proj_name="down_proj",
         ckpt_up_proj_name="up_proj", num_experts=cfg.n_routed_experts,
         num_redundant_experts=getattr(model, "num_redundant_experts", 0))
     plan: dict[str, list[Target]] = {}
-    for name, _ in model.named_parameters():
-        if _NOT_IN_CHECKPOINT.search(name):
+    for name, param in model.named_parameters():
+        if _NOT_IN_CHECKPOINT.search(name) and not _self_checked(param):
             continue
         if ".experts.routed_experts." in name:
             for param_part, ckpt_part, expert, shard in mapping:
@@ -112,7 +112,6 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     """Load release-format `weights` into `model` (a DeepseekV3ForCausalLM); returns the
     parameter names loaded, as vLLM's loader expects."""
     cfg: DSConfig = model.cfg
-    api = _vllm.model_api()
     plan = checkpoint_plan(model, cfg)
     block = _weight_block(getattr(model, "quant_config", None))
     params = dict(model.named_parameters())
@@ -128,13 +127,13 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
         if targets is None:
             raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}) has no "
                              "place in DeepseekV3ForCausalLM for this config")
-        want = expected_shape(name, cfg, block)
+        want = None if _self_checked(params[targets[0].param]) else expected_shape(name, cfg, block)
         if want is not None and tuple(tensor.shape) != want:
             raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                              f"expected {want} from config.json")
         seen.add(name)
         for t in targets:
-            if _load_one(api, params[t.param], tensor, t, name):
+            if _load_one(params[t.param], tensor, t, name):
                 loaded.add(t.param)
     missing = sorted(set(plan) - seen)
     if missing:
@@ -144,8 +143,8 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     return loaded
 
 
-def _load_one(api, param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -> bool:
-    loader = getattr(param, "weight_loader", api.default_weight_loader)
+def _load_one(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -> bool:
+    loader = getattr(param, "weight_loader", default_weight_loader)
     try:
         if t.expert is not None:
             # False when the expert lives on another expert-parallel rank.
@@ -160,6 +159,13 @@ def _load_one(api, param: nn.Parameter, tensor: torch.Tensor, t: Target, name: s
         raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}, "
                          f"{tensor.dtype}) does not fit parameter {t.param!r} (shape "
                          f"{tuple(param.shape)}, {param.dtype}): {err}") from err
+
+
+def _self_checked(param: nn.Parameter) -> bool:
+    # A quant method marks parameters whose loader checks the checkpoint tensor itself (a
+    # packed layout the bf16 shape table does not describe) and which the checkpoint must
+    # carry even where the name looks optional (W4AFP8's static input scales).
+    return getattr(param, "checkpoint_checked", False)
 
 
 def _weight_block(quant_config) -> tuple[int, int] | None:

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.parsers import DeltaMessage, ReasoningParser, VLLMValidationError
 from ds_plugin.parsers.reasoning import ThinkStream, split_reasoning
 from ds_plugin.parsers.scan import CALL_BEGIN, CALLS_BEGIN, THINK_END, THINK_START
 from ds_plugin.parsers.thinking_budget import BudgetError, resolve_thinking_budget
 
 __all__ = ["DeepSeekR1ReasoningParser", "DeepSeekV3ReasoningParser"]
 
-_api = _vllm.parser_api()
 
-
-class DeepSeekR1ReasoningParser(_api.ReasoningParser):
+class DeepSeekR1ReasoningParser(ReasoningParser):
     def __init__(self, tokenizer, *args, **kwargs):
         super().__init__(tokenizer, *args, **kwargs)
         self.thinking = self._thinking(kwargs.get("chat_template_kwargs") or {})
@@ -119,7 +117,7 @@ class DeepSeekR1ReasoningParser(_api.ReasoningParser):
         delta = self._stream.feed(new_text)
         if not delta:
             return None
-        return _api.DeltaMessage(reasoning=delta.reasoning or None,
+        return DeltaMessage(reasoning=delta.reasoning or None,
                                  content=delta.content or None)
 
     # -- request
@@ -131,7 +129,7 @@ class DeepSeekR1ReasoningParser(_api.ReasoningParser):
                                              extra.get("custom_params"),
                                              getattr(request, "vllm_xargs", None))
         except BudgetError as e:
-            raise _api.ValidationError(str(e), parameter=e.parameter, value=e.value) from e
+            raise VLLMValidationError(str(e), parameter=e.parameter, value=e.value) from e
         if budget is not None and hasattr(request, "thinking_token_budget"):
             request.thinking_token_budget = budget
         return request

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.parsers import (DeltaFunctionCall, DeltaMessage, DeltaToolCall,
+                                     ExtractedToolCallInformation, FunctionCall, ToolCall,
+                                     ToolParser, make_tool_call_id)
 from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStream,
                                           ToolFormat, parse_tool_calls)
 
 __all__ = ["DeepSeekV3ToolParser", "DeepSeekV31ToolParser"]
 
-_api = _vllm.parser_api()
 log = logging.getLogger("vllm.ds_plugin")
 
 
@@ -27,7 +28,7 @@ def _tools_off(request) -> bool:
     return getattr(request, "tool_choice", None) == "none"
 
 
-class _DeepSeekToolParser(_api.ToolParser):
+class _DeepSeekToolParser(ToolParser):
     FORMAT: ToolFormat
     # Makes vLLM's DelegatingParser call finish_streaming() at the end of a stream, the
     # only way a tool parser learns that the output is complete (vLLM's own incremental
@@ -50,20 +51,20 @@ class _DeepSeekToolParser(_api.ToolParser):
 
     def extract_tool_calls(self, model_output: str, request):
         if _tools_off(request):
-            return _api.ExtractedToolCallInformation(tools_called=False, tool_calls=[],
+            return ExtractedToolCallInformation(tools_called=False, tool_calls=[],
                                                      content=model_output)
         result = parse_tool_calls(model_output, self.FORMAT)
         calls = []
         for call in result.calls:
             self._warn_unknown(call.name)
-            calls.append(_api.ToolCall(id=_api.make_tool_call_id(), type="function",
-                                       function=_api.FunctionCall(name=call.name,
+            calls.append(ToolCall(id=make_tool_call_id(), type="function",
+                                       function=FunctionCall(name=call.name,
                                                                   arguments=call.arguments)))
         # Markup that formed no call (e.g. a cut-off `<｜tool▁calls▁begin｜>`) is not
         # content in streaming either; reporting `tools_called` with an empty list makes
         # vLLM use our content. vLLM 0.32 derives finish_reason from the list, so an
         # empty list never yields `tool_calls`.
-        return _api.ExtractedToolCallInformation(
+        return ExtractedToolCallInformation(
             tools_called=bool(calls) or result.markup_seen,
             tool_calls=calls,
             content=result.content or None,
@@ -74,7 +75,7 @@ class _DeepSeekToolParser(_api.ToolParser):
                                      current_token_ids: Sequence[int],
                                      delta_token_ids: Sequence[int], request):
         if _tools_off(request):
-            return _api.DeltaMessage(content=delta_text) if delta_text else None
+            return DeltaMessage(content=delta_text) if delta_text else None
         return self._to_delta(self._stream.feed(delta_text))
 
     def finish_streaming(self):
@@ -88,19 +89,19 @@ class _DeepSeekToolParser(_api.ToolParser):
         for index, name, args in delta.calls:
             if name is not None:
                 self._warn_unknown(name)
-                self._ids.append(_api.make_tool_call_id())
+                self._ids.append(make_tool_call_id())
                 self.prev_tool_call_arr.append({"name": name, "arguments": ""})
                 self.streamed_args_for_tool.append("")
                 self.current_tool_id = index
-                function = _api.DeltaFunctionCall(name=name, arguments=args)
-                tool_calls.append(_api.DeltaToolCall(index=index, id=self._ids[index],
+                function = DeltaFunctionCall(name=name, arguments=args)
+                tool_calls.append(DeltaToolCall(index=index, id=self._ids[index],
                                                      type="function", function=function))
             else:
-                function = _api.DeltaFunctionCall(arguments=args)
-                tool_calls.append(_api.DeltaToolCall(index=index, function=function))
+                function = DeltaFunctionCall(arguments=args)
+                tool_calls.append(DeltaToolCall(index=index, function=function))
             self.streamed_args_for_tool[index] += args
             self.prev_tool_call_arr[index]["arguments"] = self.streamed_args_for_tool[index]
-        return _api.DeltaMessage(content=delta.content or None, tool_calls=tool_calls)
+        return DeltaMessage(content=delta.content or None, tool_calls=tool_calls)
 
 
 class DeepSeekV3ToolParser(_DeepSeekToolParser):

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from ds_plugin import _vllm
+from ds_plugin._vllm.sampling import LogitsProcessor, MoveDirectionality
 
 __all__ = ["ForcedOutput", "KEY"]
 
-_api = _vllm.v1_logits_processor_api()
 KEY = "force_ids"
 
 
@@ -36,7 +35,7 @@ def _forced_ids(params) -> list[int] | None:
     return ids
 
 
-class ForcedOutput(_api.LogitsProcessor):
+class ForcedOutput(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params) -> None:
         _forced_ids(sampling_params)
@@ -63,7 +62,7 @@ class ForcedOutput(_api.LogitsProcessor):
             row_a, row_b = self._rows.pop(a, None), self._rows.pop(b, None)
             if row_a is not None:
                 self._rows[b] = row_a
-            if direction == _api.MoveDirectionality.SWAP and row_b is not None:
+            if direction == MoveDirectionality.SWAP and row_b is not None:
                 self._rows[a] = row_b
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:

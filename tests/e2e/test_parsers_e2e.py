@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from ds_plugin.testing.parser_corpus import B, E, load_tokenizer, v3_call
+from tests.helpers.parser_corpus import B, E, load_tokenizer, v3_call
 from tests.conftest import SERVED_NAME
 
 pytestmark = pytest.mark.engine

@@ -16,9 +16,13 @@ COMPLETION = {"model": SERVED_NAME, "max_tokens": 12, "temperature": 0,
               "prompt": "The capital of France is"}
 
 
-def test_plugin_ran_in_the_server(server):
-    # The tokenizer patch logs once it loads the tokenizer-only folder faithfully.
-    assert "labels a byte-level BPE tokenizer.json as a Llama tokenizer" in server.log_text()
+def test_plugin_model_class_built_in_the_worker(server):
+    # Logged by our class's __init__, which runs in the engine's worker process only if
+    # vLLM resolved the architecture to it.
+    from ds_plugin.model.deepseek_v3 import BUILD_LOG_LINE
+
+    line = f"{BUILD_LOG_LINE} (ds_plugin.model.deepseek_v3.DeepseekV3ForCausalLM)"
+    assert line in server.log_text()
 
 
 def test_models_endpoint(server):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from ds_plugin import _vllm
+from tests.helpers.vllm_probe import get_tokenizer
 from tests.conftest import SERVED_NAME
 
 CORPUS = [
@@ -48,7 +48,7 @@ def test_vllm_loader_is_faithful(use_config_dir, tiny_ckpt, tokenizer_only_dir, 
     import ds_plugin
 
     ds_plugin.register()
-    tok = _vllm.get_tokenizer(str(tiny_ckpt if use_config_dir else tokenizer_only_dir))
+    tok = get_tokenizer(str(tiny_ckpt if use_config_dir else tokenizer_only_dir))
     for text in CORPUS:
         ids = reference.encode(text, add_special_tokens=False).ids
         assert tok.encode(text, add_special_tokens=False) == ids, text
@@ -67,4 +67,4 @@ def test_missing_tokenizer_json_is_named(tiny_ckpt, tmp_path):
     for name in ("config.json", "tokenizer_config.json"):
         shutil.copyfile(tiny_ckpt / name, tmp_path / name)
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'tokenizer.json'} is missing"):
-        _vllm.get_tokenizer(str(tmp_path))
+        get_tokenizer(str(tmp_path))

@@ -7,7 +7,8 @@ CUDA = torch.cuda.is_available()
 
 from ds_plugin.kernels.fp8_gemm import GemmConfig, fp8_block_gemm_nt, gemm_config
 from ds_plugin.kernels.fp8_quant import fp8_act_quant
-from ds_plugin.kernels.ref_fp8 import FP8, random_fp8_weight, ref_block_gemm_nt
+from ds_plugin.kernels.fp8_format import FP8
+from ds_plugin.kernels.ref_fp8 import random_fp8_weight, ref_block_gemm_nt
 
 DEV = "cuda" if CUDA else "cpu"
 BF16_ULP = 2 ** -7  # relative spacing of bf16 at worst

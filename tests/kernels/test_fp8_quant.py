@@ -6,8 +6,8 @@ import torch
 CUDA = torch.cuda.is_available()
 
 from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_block_dequant, fp8_silu_mul_quant
-from ds_plugin.kernels.ref_fp8 import (FP8, ref_act_dequant, ref_act_quant,
-                                       ref_silu_mul, ref_weight_dequant, ref_weight_quant)
+from ds_plugin.kernels.fp8_format import FP8, dequant_block, dequant_groups, quant_block, quant_groups
+from ds_plugin.kernels.ref_fp8 import ref_silu_mul
 
 DEV = "cuda" if CUDA else "cpu"
 NAN_FP8 = 0x7F  # e4m3fn NaN code
@@ -49,7 +49,7 @@ REAL = [(1, 7168), (128, 7168), (4096, 1536), (33, 576)]
 def test_act_quant_bitwise(m, k, ue8m0):
     x = _inputs(m, k)
     q, s = fp8_act_quant(x, ue8m0=ue8m0)
-    rq, rs = ref_act_quant(x, ue8m0=ue8m0)
+    rq, rs = quant_groups(x, ue8m0=ue8m0)
     assert_bitwise("scale", s, rs)
     assert_bitwise("q", q, rq)
     if ue8m0:  # every scale a power of two: mantissa bits all zero
@@ -61,7 +61,7 @@ def test_act_quant_round_trip_error_within_half_fp8_ulp():
     # (subnormals: 2**-10 of the group scale) -- checks scale and code together.
     x = _inputs(5, 384, dtype=torch.float32)
     q, s = fp8_act_quant(x)
-    back = ref_act_dequant(q, s)
+    back = dequant_groups(q, s)
     bound = x.abs() * 2 ** -4 + s.repeat_interleave(128, 1) * 2 ** -9
     assert ((back - x).abs() <= bound).all()
 
@@ -83,8 +83,8 @@ def test_silu_mul_quant_matches_reference(t, i):
     # code by one e4m3 step: bound the dequantized difference by one fp8 ulp (2**-3 rel).
     gu = _inputs(t, 2 * i, seed=1)
     q, s = fp8_silu_mul_quant(gu)
-    rq, rs = ref_act_quant(ref_silu_mul(gu))
-    got, ref = ref_act_dequant(q, s), ref_act_dequant(rq, rs)
+    rq, rs = quant_groups(ref_silu_mul(gu))
+    got, ref = dequant_groups(q, s), dequant_groups(rq, rs)
     assert torch.allclose(s, rs, rtol=2 ** -20, atol=0)
     assert ((got - ref).abs() <= ref.abs() * 2 ** -3 + rs.repeat_interleave(128, 1)[:, :i] * 2 ** -9).all()
     assert (_bits(q) != _bits(rq)).float().mean() < 0.01
@@ -92,6 +92,6 @@ def test_silu_mul_quant_matches_reference(t, i):
 
 def test_block_dequant_matches_reference():
     w = torch.randn(200, 300, device=DEV)
-    q, s = ref_weight_quant(w)
+    q, s = quant_block(w)
     got = fp8_block_dequant(q, s, torch.float32)
-    assert_bitwise("dequant", got, ref_weight_dequant(q, s))
+    assert_bitwise("dequant", got, dequant_block(q, s))

@@ -6,8 +6,6 @@ skipped, and a missing, unexpected or mis-shaped tensor stops the load with its 
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
@@ -15,27 +13,14 @@ from ds_plugin.testing.checkpoint import read_state_dict
 from tests.model import checkpoints
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _build(path, with_config: bool = False):
-    from vllm.config import set_current_vllm_config
-    from vllm.distributed import (init_distributed_environment, initialize_model_parallel,
-                                  model_parallel_is_initialized)
-    from vllm.engine.arg_utils import EngineArgs
-
     from ds_plugin.model.deepseek_v3 import DeepseekV3ForCausalLM
+    from tests.helpers.vllm_api import EngineArgs, set_current_vllm_config
+    from tests.helpers.vllm_probe import single_rank_context
 
     cfg = EngineArgs(model=str(path), skip_tokenizer_init=True, enforce_eager=True,
                      max_model_len=512, gpu_memory_utilization=0.15).create_engine_config()
-    with set_current_vllm_config(cfg):
-        if not model_parallel_is_initialized():
-            init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
-                                         distributed_init_method=f"tcp://127.0.0.1:{_free_port()}")
-            initialize_model_parallel(1, 1)
+    with single_rank_context(), set_current_vllm_config(cfg):
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
@@ -147,8 +132,7 @@ def test_truncated_shard_is_named_by_vllms_loader(tmp_path):
     # The engine's own load path (vLLM's DefaultModelLoader with the plugin registered):
     # safetensors alone says "incomplete metadata, file not fully covered", no file.
     import ds_plugin
-    from vllm.config import set_current_vllm_config
-    from vllm.model_executor.model_loader import get_model_loader
+    from tests.helpers.vllm_api import get_model_loader, set_current_vllm_config
 
     ds_plugin.register()
     path = checkpoints.make(tmp_path, "yarn")

@@ -37,9 +37,9 @@ def _logits_rows(entries, vocab: int) -> torch.Tensor:
 def main(request_path: str, out_path: str) -> None:
     # apply_model ships `model_class` to the engine's worker by reference (pickle).
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [here, os.path.join(here, "..", "..")]
+    from tests.helpers.vllm_api import LLM, SamplingParams, TokensPrompt
 
     req = json.loads(open(request_path).read())
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ import pytest
 from ds_plugin.parsers.reasoning import split_reasoning
 from ds_plugin.parsers.templates import TEMPLATES, template_path
 from ds_plugin.parsers.tool_calls import DEEPSEEK_V3, DEEPSEEK_V31, parse_tool_calls
-from ds_plugin.testing.parser_corpus import load_tokenizer
+from tests.helpers.parser_corpus import load_tokenizer
 
 ARGS = {"city": "北京", "when": {"days": [1, 2]}, "note": 'say "hi"\nbye'}
 TOOLS = [{"type": "function", "function": {

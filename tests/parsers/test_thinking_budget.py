@@ -41,17 +41,18 @@ def test_rejects_conflicting_budgets():
 
 
 def _request(**body):
-    from ds_plugin import _vllm
-    return _vllm.parser_api().ChatCompletionRequest.model_validate(
+    from ds_plugin._vllm.parsers import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate(
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
 
 
 @pytest.mark.parametrize("parser", ["DeepSeekR1ReasoningParser", "DeepSeekV3ReasoningParser"])
 def test_adjust_request_folds_sglang_shape_into_builtin_field(parser):
     pytest.importorskip("vllm")
-    from ds_plugin import _vllm
+    from ds_plugin._vllm.parsers import VLLMValidationError
     from ds_plugin.parsers import vllm_reasoning_parser as mod
-    from ds_plugin.testing.parser_corpus import load_tokenizer
+    from tests.helpers.parser_corpus import load_tokenizer
 
     p = getattr(mod, parser)(load_tokenizer("deepseek-r1"))
     sglang = p.adjust_request(_request(custom_params={"thinking_budget": 32}))
@@ -60,6 +61,6 @@ def test_adjust_request_folds_sglang_shape_into_builtin_field(parser):
     assert sglang.thinking_token_budget == native.thinking_token_budget == 32
     assert xargs.thinking_token_budget == 32
     assert sglang.to_sampling_params(16, {}).thinking_token_budget == 32
-    with pytest.raises(_vllm.parser_api().ValidationError) as err:
+    with pytest.raises(VLLMValidationError) as err:
         p.adjust_request(_request(custom_params={"thinking_budget": -1}))
     assert err.value.parameter == "custom_params.thinking_budget"

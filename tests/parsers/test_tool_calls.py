@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ds_plugin.parsers.scan import TOOL_MARKERS
 from ds_plugin.parsers.tool_calls import (DEEPSEEK_V3, DEEPSEEK_V31, ToolCallStream,
                                           parse_tool_calls)
-from ds_plugin.testing.parser_corpus import B, E, cases, v3_call, v31_call
+from tests.helpers.parser_corpus import B, E, cases, v3_call, v31_call
 
 FORMATS = {"v3": DEEPSEEK_V3, "v31": DEEPSEEK_V31}
 TOOL_CASES = [c for c in cases() if c.reasoning is None]

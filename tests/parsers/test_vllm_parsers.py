@@ -15,11 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ds_plugin
-from ds_plugin import _vllm
 from ds_plugin.parsers.scan import TOOL_MARKERS
-from ds_plugin.testing.parser_corpus import (B, E, Case, cases, chunkings, load_tokenizer,
+from tests.helpers.parser_corpus import (B, E, Case, cases, chunkings, load_tokenizer,
                                              v3_call, v31_call)
-from ds_plugin.testing.parser_replay import (TOOL_NAMES, compose, expected,
+from tests.helpers.parser_replay import (TOOL_NAMES, compose, expected,
                                              run_non_streaming, run_streaming, tokenizer_for)
 
 pytest.importorskip("vllm")
@@ -28,14 +27,13 @@ pytest.importorskip("vllm")
 @pytest.fixture(scope="module")
 def managers():
     ds_plugin.register()
-    api = _vllm.parser_api()
-    from vllm.reasoning import ReasoningParserManager
-    from vllm.tool_parsers import ToolParserManager
-    return ToolParserManager, ReasoningParserManager, api
+    from tests.helpers.vllm_api import ReasoningParserManager, ToolParserManager
+
+    return ToolParserManager, ReasoningParserManager
 
 
 def parser_for(case, managers):
-    tools, reasoning, _ = managers
+    tools, reasoning = managers
     tool = tools.get_tool_parser("deepseekv3" if case.fmt == "v3" else "deepseekv31")
     if case.reasoning is None:
         return compose(tool, None)
@@ -59,7 +57,7 @@ def test_stream_equals_non_stream_equals_expected(case, managers):
     ("deepseekv3", "deepseek-r1"), ("deepseek_v3", "deepseek_r1"),
     ("deepseekv31", "deepseek-v3"), ("deepseek_v31", "deepseek_v3")])
 def test_both_spellings_resolve_to_ours(tool, reasoning, managers):
-    tools, reasonings, _ = managers
+    tools, reasonings = managers
     assert tools.get_tool_parser(tool).__module__ == "ds_plugin.parsers.vllm_tool_parser"
     assert reasonings.get_reasoning_parser(reasoning).__module__ == \
         "ds_plugin.parsers.vllm_reasoning_parser"
@@ -68,7 +66,7 @@ def test_both_spellings_resolve_to_ours(tool, reasoning, managers):
 def test_v3_reasoning_parser_names_think_tags_without_request_kwargs(managers):
     # vLLM's ReasoningConfig builds the parser with the tokenizer only; the thinking
     # budget needs the start/end strings from it (vLLM's own deepseek_v3 gives None).
-    _, reasonings, _ = managers
+    _, reasonings = managers
     parser = reasonings.get_reasoning_parser("deepseek_v3")(load_tokenizer("deepseek-v3.1"))
     assert (parser.reasoning_start_str, parser.reasoning_end_str) == ("<think>", "</think>")
     v3 = reasonings.get_reasoning_parser("deepseek_v3")(load_tokenizer("deepseek-v3"))
@@ -77,7 +75,7 @@ def test_v3_reasoning_parser_names_think_tags_without_request_kwargs(managers):
 
 def test_prompt_that_closed_thinking_makes_output_content(managers):
     # V3.1 after a tool result: the template leaves "</think>" as the last think tag.
-    _, reasonings, _ = managers
+    _, reasonings = managers
     tok = load_tokenizer("deepseek-v3.1")
     parser = reasonings.get_reasoning_parser("deepseek-v3")(
         tok, chat_template_kwargs={"thinking": True})
@@ -96,7 +94,7 @@ def test_prompt_that_closed_thinking_makes_output_content(managers):
 
 
 def test_reasoning_token_count_and_content_ids(managers):
-    _, reasonings, _ = managers
+    _, reasonings = managers
     tok = load_tokenizer("deepseek-r1")
     parser = reasonings.get_reasoning_parser("deepseek-r1")(tok)
     ids = tok("<think>a b c</think>done", add_special_tokens=False)["input_ids"]
@@ -145,7 +143,7 @@ def test_generated_outputs_through_vllm(case, how, managers):
                                              ({"enable_thinking": True}, True),
                                              ({"thinking": False}, False)])
 def test_v3_reasoning_switch(kwargs, thinking, managers):
-    _, reasonings, _ = managers
+    _, reasonings = managers
     parser = reasonings.get_reasoning_parser("deepseek-v3")(
         load_tokenizer("deepseek-v3.1"), chat_template_kwargs=kwargs)
     want = ("Hmm.", "A.") if thinking else (None, "Hmm.</think>A.")
@@ -176,13 +174,15 @@ def test_malformed_markup_streams_like_it_parses(pieces, fmt, reasoning, thinkin
 
 @pytest.mark.parametrize("with_reasoning", [False, True])
 def test_tool_choice_none_keeps_markup_as_content(with_reasoning, managers):
-    tools, reasonings, api = managers
+    from ds_plugin._vllm.parsers import ChatCompletionRequest
+
+    tools, reasonings = managers
     case = Case("none", "v3", "Hi." + B + v3_call("get_time", "{}") + E,
                 reasoning="" if with_reasoning else None, thinking=False)
     parser_cls = compose(tools.get_tool_parser("deepseekv3"),
                          reasonings.get_reasoning_parser("deepseek-v3") if with_reasoning
                          else None)
-    request = api.ChatCompletionRequest(
+    request = ChatCompletionRequest(
         model="m", messages=[{"role": "user", "content": "q"}], tool_choice="none",
         tools=[{"type": "function", "function": {"name": "get_time", "parameters": {}}}])
     tok = load_tokenizer(tokenizer_for(case))

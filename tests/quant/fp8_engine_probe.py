@@ -13,10 +13,11 @@ import os
 import sys
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core here: apply_model sees the model
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 import torch  # noqa: E402
 
-from ds_plugin.kernels.ref_fp8 import calc_diff  # noqa: E402
+from ds_plugin.kernels.fp8_format import calc_diff  # noqa: E402
 from ds_plugin.testing.checkpoint import read_state_dict  # noqa: E402
 
 # vLLM merges some checkpoint linears into one layer: layer suffix -> checkpoint parts.
@@ -27,8 +28,8 @@ IDENTICAL = 10  # identical greedy requests in one batch
 
 
 def our_layers(model):
-    from ds_plugin.quant.fp8_block import DSBlockFp8LinearMethod
-    from ds_plugin.quant.fp8_moe import DSBlockFp8MoEMethod
+    from ds_plugin.quant.block_fp8 import DSBlockFp8LinearMethod
+    from ds_plugin.quant.block_fp8_moe import DSBlockFp8MoEMethod
 
     for name, mod in model.named_modules():
         qm = getattr(mod, "quant_method", None)
@@ -38,11 +39,11 @@ def our_layers(model):
 
 def count_layers(model):
     counts = {"linear": 0, "moe": 0, "other_linear": []}
-    from ds_plugin import _vllm
+    from ds_plugin._vllm.quant import LinearBase
 
     ours = {name for name, _, _ in our_layers(model)}
     for name, mod in model.named_modules():
-        if isinstance(mod, _vllm.quant_api().LinearBase) and name not in ours:
+        if isinstance(mod, LinearBase) and name not in ours:
             counts["other_linear"].append(f"{name}:{type(mod.quant_method).__name__}")
     for _, mod, _ in our_layers(model):
         counts["moe" if hasattr(mod, "w13_weight") else "linear"] += 1
@@ -120,7 +121,7 @@ def finite(gen) -> bool:
 
 def main():
     ckpt_dir, out_path = sys.argv[1], sys.argv[2]
-    from vllm import LLM, SamplingParams
+    from tests.helpers.vllm_api import LLM, SamplingParams
 
     # vLLM's default mode (torch.compile), as `vllm serve` runs it.
     llm = LLM(model=ckpt_dir, max_model_len=512, gpu_memory_utilization=0.3, seed=0)

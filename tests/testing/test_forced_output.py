@@ -8,17 +8,15 @@ import torch
 
 pytest.importorskip("vllm")
 
-from ds_plugin import _vllm  # noqa: E402
 from ds_plugin.testing.forced_output import ForcedOutput  # noqa: E402
+from tests.helpers.vllm_api import BatchUpdate, MoveDirectionality, SamplingParams  # noqa: E402
 
 
 def _params(ids=None):
-    from vllm import SamplingParams
     return SamplingParams(extra_args={"force_ids": ids} if ids is not None else None)
 
 
 def _update(removed=(), added=(), moved=()):
-    from vllm.v1.sample.logits_processor import BatchUpdate
     return BatchUpdate(batch_size=4, removed=list(removed), added=list(added), moved=list(moved))
 
 
@@ -31,7 +29,7 @@ def test_forces_by_output_position_and_follows_moves():
     got = proc.apply(logits.clone()).argmax(-1).tolist()
     assert got[0] == 5 and got[2] == 9  # row 2 already produced one token
     assert torch.equal(proc.apply(logits.clone())[1], logits[1])  # unforced row untouched
-    swap = _vllm.v1_logits_processor_api().MoveDirectionality.SWAP
+    swap = MoveDirectionality.SWAP
     proc.update_state(_update(moved=[(0, 2, swap)]))
     got = proc.apply(torch.zeros(3, 10)).argmax(-1).tolist()
     assert got[0] == 9 and got[2] == 5

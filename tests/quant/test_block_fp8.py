@@ -11,9 +11,10 @@ import torch
 
 pytest.importorskip("vllm")
 
-from ds_plugin import _vllm
-from ds_plugin.kernels.ref_fp8 import ref_weight_dequant, ref_weight_quant
-from ds_plugin.quant.fp8_block import DSBlockFp8Config, DSBlockFp8LinearMethod
+from tests.helpers.vllm_probe import (linear_layers, registered_quantization_config,
+                                      single_rank_context)
+from ds_plugin.kernels.fp8_format import dequant_block, quant_block
+from ds_plugin.quant.block_fp8 import DequantizedLinear, DSBlockFp8Config, DSBlockFp8LinearMethod
 
 CKPT_CFG = {"quant_method": "fp8", "weight_block_size": [128, 128], "activation_scheme": "dynamic",
             "fmt": "e4m3"}
@@ -21,8 +22,8 @@ CKPT_CFG = {"quant_method": "fp8", "weight_block_size": [128, 128], "activation_
 
 @pytest.fixture(scope="module")
 def vllm_ctx():
-    with _vllm.single_rank_context():
-        yield _vllm.linear_layers()
+    with single_rank_context():
+        yield linear_layers()
 
 
 def test_claims_deepseek_block_fp8_checkpoints():
@@ -54,7 +55,7 @@ def test_register_makes_vllm_resolve_our_config():
 
     ds_plugin.register()
     ds_plugin.register()  # idempotent
-    assert _vllm.registered_quantization_config("ds_fp8") is DSBlockFp8Config
+    assert registered_quantization_config("ds_fp8") is DSBlockFp8Config
 
 
 def _load(layer, name, tensor, *shard):
@@ -68,7 +69,7 @@ def _merged(layers, k, parts, seed=0, prefix="model.layers.0.mlp.gate_up_proj"):
                                               params_dtype=torch.bfloat16)
     g = torch.Generator().manual_seed(seed)
     ws = [torch.randn(n, k, generator=g) * 0.05 for n in parts]
-    qs = [ref_weight_quant(w) for w in ws]
+    qs = [quant_block(w) for w in ws]
     return layer, qs
 
 
@@ -79,8 +80,8 @@ def test_linear_apply_matches_dequantized_reference(vllm_ctx):
         _load(layer, "weight", q, i)
         _load(layer, "weight_scale_inv", s, i)
     layer.quant_method.process_weights_after_loading(layer)
-    assert layer.ds_fp8_path == "cpu-dequantized"
-    w_ref = torch.cat([ref_weight_dequant(q, s) for q, s in qs])  # (640, 576) fp32
+    assert isinstance(layer.ds_fp8, DequantizedLinear)
+    w_ref = torch.cat([dequant_block(q, s) for q, s in qs])  # (640, 576) fp32
     x = torch.randn(5, 576).to(torch.bfloat16)
     out = layer.quant_method.apply(layer, x)
     assert torch.equal(out, torch.nn.functional.linear(x, w_ref.to(torch.bfloat16)))
@@ -96,13 +97,13 @@ def test_row_parallel_with_partial_blocks(vllm_ctx):
     layer = vllm_ctx.RowParallelLinear(300, 200, bias=False, quant_config=cfg,
                                        prefix="model.layers.0.self_attn.o_proj",
                                        params_dtype=torch.bfloat16)
-    q, s = ref_weight_quant(torch.randn(200, 300) * 0.05)
+    q, s = quant_block(torch.randn(200, 300) * 0.05)
     assert layer.weight_scale_inv.shape == (2, 3)
     _load(layer, "weight", q)
     _load(layer, "weight_scale_inv", s)
     layer.quant_method.process_weights_after_loading(layer)
     x = torch.randn(3, 300).to(torch.bfloat16)
-    w = ref_weight_dequant(q, s).to(torch.bfloat16)
+    w = dequant_block(q, s).to(torch.bfloat16)
     assert torch.equal(layer.quant_method.apply(layer, x), torch.nn.functional.linear(x, w))
     # vLLM's MLA recovers kv_b_proj's weight as apply(fp32 identity).T: exact here.
     assert torch.equal(layer.quant_method.apply(layer, torch.eye(300)).t(), w.float())
@@ -167,26 +168,32 @@ def test_merged_shards_must_be_whole_blocks(vllm_ctx):
     _merged(vllm_ctx, 256, [128, 100])  # a partial last shard is fine (q_a + kv_a: 1536 + 576)
 
 
-def test_gemm_path_choice_follows_measurements():
-    from ds_plugin.quant.fp8_block import gemm_path
+def test_triton_on_cpu_picks_the_cuda_side_class(vllm_ctx, monkeypatch):
+    # What an engine gets with DS_PLUGIN_TRITON_ON_CPU=1 under the interpreter: the fp8 weight
+    # stays fp8 and each call runs our Triton GEMM (torch's blockwise path needs CUDA).
+    from ds_plugin.kernels.fp8_format import quant_groups
+    from ds_plugin.kernels.ref_fp8 import ref_block_gemm_nt
+    from ds_plugin.quant.block_fp8 import Fp8Linear
 
-    assert gemm_path(1, 2112, 7168) == "triton"  # decode: weight-bandwidth bound, ours
-    assert gemm_path(4096, 2112, 7168) == "torch"  # prefill: cuBLAS blockwise is faster
-    assert gemm_path(64, 7168, 16384) == "torch"
-    assert gemm_path(4096, 256, 300) == "triton"  # K not whole blocks: cuBLAS can't
-
-
-def test_cuda_path_code_under_the_interpreter():
-    # The CUDA branch (act quant + per-shape GEMM choice) run on CPU through Triton's
-    # interpreter: torch's blockwise GEMM is absent here, so the probe must say so and
-    # the layer must fall back to our kernel.
-    from ds_plugin.kernels.ref_fp8 import ref_act_quant, ref_block_gemm_nt
-    from ds_plugin.quant.fp8_block import fp8_linear, torch_path_agrees
-
-    q, s = ref_weight_quant(torch.randn(200, 384) * 0.05)
-    assert not torch_path_agrees(q, s, torch.bfloat16)
+    monkeypatch.setenv("DS_PLUGIN_TRITON_ON_CPU", "1")
+    layer, qs = _merged(vllm_ctx, 384, [128, 200])
+    for i, (q, s) in enumerate(qs):
+        _load(layer, "weight", q, i)
+        _load(layer, "weight_scale_inv", s, i)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert isinstance(layer.ds_fp8, Fp8Linear) and not layer.ds_fp8.torch_ok
+    assert layer.weight.dtype == torch.float8_e4m3fn
     x = torch.randn(2, 3, 384).to(torch.bfloat16)
-    y = fp8_linear(x, q, s, torch_ok=False)
-    ref = ref_block_gemm_nt(*ref_act_quant(x.reshape(6, 384)), q, s).view(2, 3, 200).float()
-    assert y.shape == (2, 3, 200)
+    y = layer.quant_method.apply(layer, x)
+    ref = ref_block_gemm_nt(*quant_groups(x.reshape(6, 384)), layer.weight, layer.weight_scale_inv)
+    ref = ref.float().view(2, 3, 328)
     assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + ref.abs().max() * 2 ** -12).all()
+
+
+def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch):
+    from ds_plugin import envs
+
+    monkeypatch.setenv("DS_PLUGIN_TRITON_ON_CPU", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        envs.use_triton(torch.device("cpu"))

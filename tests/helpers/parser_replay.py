@@ -9,11 +9,10 @@ so tests and benchmarks/parsers_side_by_side.py see what an OpenAI client would 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 
-from ds_plugin import _vllm
-from ds_plugin.testing.parser_corpus import Case, Chunk, load_tokenizer
+from ds_plugin._vllm.parsers import ChatCompletionRequest
+from tests.helpers.parser_corpus import Case, Chunk, load_tokenizer
 
 TOOL_NAMES = ("get_weather", "get_time", "run", "a", "b")
 
@@ -40,11 +39,10 @@ def tokenizer_for(case: Case) -> str:
 
 
 def make_request(case: Case):
-    api = _vllm.parser_api()
     tools = [{"type": "function", "function": {
         "name": n, "description": f"tool {n}",
         "parameters": {"type": "object", "properties": {}}}} for n in TOOL_NAMES]
-    return api.ChatCompletionRequest(
+    return ChatCompletionRequest(
         model="m", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=tools, tool_choice="auto",
         chat_template_kwargs={"thinking": case.thinking})
@@ -66,7 +64,9 @@ def _prompt_ids(tokenizer: str, thinking: bool) -> tuple[int, ...]:
 
 def compose(tool_cls, reasoning_cls):
     """The per-request parser class vLLM's ParserManager builds for these two."""
-    base = _vllm.parser_api().DelegatingParser
+    from tests.helpers.vllm_probe import delegating_parser_base
+
+    base = delegating_parser_base()
     return type("ReplayParser", (base,), {"tool_parser_cls": tool_cls,
                                           "reasoning_parser_cls": reasoning_cls})
 
@@ -130,12 +130,3 @@ def run_streaming(parser_cls, case: Case, chunks: list[Chunk]) -> Outcome:
 def expected(case: Case) -> Outcome:
     return Outcome(case.reasoning or "", _blank(case.content), list(case.calls),
                    bool(case.calls))
-
-
-def valid_json_args(outcome: Outcome) -> bool:
-    try:
-        for _, a in outcome.calls:
-            json.loads(a)
-    except ValueError:
-        return False
-    return True

@@ -1,0 +1,96 @@
+"""`ds_fp8` routed experts: block-FP8 w13 (gate+up) and w2 per expert, DeepSeek layout.
+
+Parameters (checkpoint layout, stacked over local experts):
+  w13_weight (E, 2I, H) fp8, w13_weight_scale_inv (E, 2*ceil(I/128), ceil(H/128)) fp32,
+  w2_weight (E, H, I) fp8,  w2_weight_scale_inv (E, ceil(H/128), ceil(I/128)) fp32.
+
+Execution is ds_plugin.moe.experts', one class chosen at load: our fused Triton MoE on CUDA
+(`TritonFp8Experts`), or on CPU the experts dequantized to the model dtype once and run on
+their routed tokens only (`CpuGroupedExperts`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ds_plugin import envs
+from ds_plugin._vllm.quant import (FusedMoEMethodBase, FusedMoeWeightScaleSupported,
+                                   replace_parameter, set_weight_attrs)
+from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, ceil_div
+from ds_plugin.moe.experts import CpuGroupedExperts, TritonFp8Experts
+from ds_plugin.quant.scales import FP8_WEIGHT, FP32_SCALE, checked_loader, validate_scales
+
+
+class DSBlockFp8MoEMethod(FusedMoEMethodBase):
+    def __init__(self, config, layer, prefix: str) -> None:
+        super().__init__(layer.moe_config)
+        self.config = config
+        self.prefix = prefix
+
+    def create_weights(self, layer, num_experts: int, hidden_size: int,
+                       intermediate_size_per_partition: int, params_dtype: torch.dtype,
+                       **extra_weight_attrs) -> None:
+        e, h, i = num_experts, hidden_size, intermediate_size_per_partition
+        if i % BLOCK:
+            # gate and up are concatenated in w13: a partial last block would let one
+            # scale row straddle both.
+            raise ValueError(f"{self.prefix}: expert intermediate size per partition {i} is "
+                             f"not a multiple of {BLOCK}")
+        layer.orig_dtype = params_dtype
+        loader = extra_weight_attrs.pop("weight_loader")
+        fp8, nan = FP8, float("nan")
+        tensors = {
+            "w13_weight": torch.empty(e, 2 * i, h, dtype=fp8),
+            "w2_weight": torch.empty(e, h, i, dtype=fp8),
+            # NaN poison: a scale the checkpoint never wrote fails validation at load.
+            "w13_weight_scale_inv": torch.full((e, 2 * ceil_div(i, BLOCK), ceil_div(h, BLOCK)), nan),
+            "w2_weight_scale_inv": torch.full((e, ceil_div(h, BLOCK), ceil_div(i, BLOCK)), nan),
+        }
+        # One checkpoint tensor per expert and projection, unsharded (vLLM slices it).
+        i_full = i * layer.moe_config.tp_size
+        stored = {"w1": (i_full, h), "w3": (i_full, h), "w2": (h, i_full)}
+        for name, data in tensors.items():
+            param = torch.nn.Parameter(data, requires_grad=False)
+            layer.register_parameter(name, param)
+            want = {k: block_grid(v) for k, v in stored.items()} if "scale" in name else stored
+            attrs = dict(extra_weight_attrs,
+                         weight_loader=checked_loader(
+                             loader, f"{self.prefix}.{name}", want,
+                             FP32_SCALE if "scale" in name else FP8_WEIGHT, config.note_once))
+            if name.endswith("scale_inv"):
+                attrs["quant_method"] = FusedMoeWeightScaleSupported.BLOCK.value
+            set_weight_attrs(param, attrs)
+
+    def get_fused_moe_quant_config(self, layer):
+        # None: vLLM's modular kernels are not used; apply() runs our own path.
+        return None
+
+    def process_weights_after_loading(self, layer) -> None:
+        e, n13, h = layer.w13_weight.shape
+        i = layer.w2_weight.shape[2]
+        validate_scales(f"{self.prefix}.w13_weight_scale_inv", layer.w13_weight_scale_inv.data,
+                        (e, ceil_div(n13, BLOCK), ceil_div(h, BLOCK)))
+        validate_scales(f"{self.prefix}.w2_weight_scale_inv", layer.w2_weight_scale_inv.data,
+                        (e, ceil_div(h, BLOCK), ceil_div(i, BLOCK)))
+        if layer.apply_router_weight_on_input:
+            raise ValueError(f"{self.prefix}: ds_fp8 applies routing weights to the "
+                                      f"expert outputs (DeepSeek); apply_router_weight_on_input is set")
+        if getattr(layer.activation, "value", layer.activation) != "silu":
+            raise ValueError(f"{self.prefix}: ds_fp8 experts support SiLU only, "
+                                      f"got {layer.activation}")
+        if envs.use_triton(layer.w13_weight.device):
+            layer.ds_experts = TritonFp8Experts()
+        else:
+            from ds_plugin.kernels import fp8_block_dequant
+
+            for w, sc in (("w13_weight", "w13_weight_scale_inv"), ("w2_weight", "w2_weight_scale_inv")):
+                deq = fp8_block_dequant(getattr(layer, w).data, getattr(layer, sc).data,
+                                        layer.orig_dtype)
+                replace_parameter(layer, w, deq)
+            layer.ds_experts = CpuGroupedExperts()
+        self.config.note_path("MoE", layer.ds_experts.name)
+
+    def apply(self, layer, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+              shared_experts=None, shared_experts_input=None) -> torch.Tensor:
+        """Routed experts only (vLLM's runner adds the shared experts): (M, H) x.dtype."""
+        return layer.ds_experts(layer, x, topk_weights, topk_ids)

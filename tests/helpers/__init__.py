@@ -1,0 +1,1 @@
+"""Test-only helpers. Tests import vLLM only through ds_plugin._vllm or these modules."""
