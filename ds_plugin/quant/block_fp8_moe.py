@@ -56,7 +56,7 @@ class DSBlockFp8MoEMethod(FusedMoEMethodBase):
             attrs = dict(extra_weight_attrs,
                          weight_loader=checked_loader(
                              loader, f"{self.prefix}.{name}", want,
-                             FP32_SCALE if "scale" in name else FP8_WEIGHT, config.note_once))
+                             FP32_SCALE if "scale" in name else FP8_WEIGHT, self.config.note_once))
             if name.endswith("scale_inv"):
                 attrs["quant_method"] = FusedMoeWeightScaleSupported.BLOCK.value
             set_weight_attrs(param, attrs)

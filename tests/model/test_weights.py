@@ -142,3 +142,22 @@ def test_truncated_shard_is_named_by_vllms_loader(tmp_path):
     with set_current_vllm_config(cfg), pytest.raises(
             ValueError, match=f"{shard}: truncated safetensors file"):
         get_model_loader(cfg.load_config).load_weights(model, cfg.model_config)
+
+
+@pytest.mark.parametrize("suffix, dtype, want", [
+    ("experts.3.down_proj.weight_scale_inv", torch.int32, "float32"),
+    ("experts.3.gate_proj.weight", torch.bfloat16, "float8_e4m3fn"),
+    ("shared_experts.up_proj.weight_scale_inv", torch.float16, "float32"),
+])
+def test_fp8_tensor_of_another_dtype_is_named(tmp_path, suffix, dtype, want):
+    # Routed experts (the MoE method's loader) and a linear layer: vLLM's loaders would
+    # copy_ the tensor into the parameter, converting it without a word.
+    path = checkpoints.make(tmp_path, "yarn", "fp8")
+    sd = read_state_dict(path, dequantize=False)
+    name = f"model.layers.1.mlp.{suffix}"
+    bad = sd[name].to(dtype) if dtype != torch.int32 else sd[name].round().to(dtype)
+    got = str(dtype).removeprefix("torch.")
+    with pytest.raises(ValueError, match=rf"{name}.*checkpoint tensor has dtype {got}, "
+                                         rf"expected {want}"):
+        _load(path, {**sd, name: bad})
+
