@@ -42,9 +42,13 @@ class DSBlockFp8MoEMethod(FusedMoEMethodBase):
         tensors = {
             "w13_weight": torch.empty(e, 2 * i, h, dtype=fp8),
             "w2_weight": torch.empty(e, h, i, dtype=fp8),
-            # NaN poison: a scale the checkpoint never wrote fails validation at load.
-            "w13_weight_scale_inv": torch.full((e, 2 * ceil_div(i, BLOCK), ceil_div(h, BLOCK)), nan),
-            "w2_weight_scale_inv": torch.full((e, ceil_div(h, BLOCK), ceil_div(i, BLOCK)), nan),
+            # NaN poison: a scale the checkpoint never wrote fails validation at load. fp32
+            # stated: vLLM builds the model under the model dtype as default, and bf16
+            # scales would round every checkpoint scale to 8 bits.
+            "w13_weight_scale_inv": torch.full((e, 2 * ceil_div(i, BLOCK), ceil_div(h, BLOCK)),
+                                               nan, dtype=torch.float32),
+            "w2_weight_scale_inv": torch.full((e, ceil_div(h, BLOCK), ceil_div(i, BLOCK)), nan,
+                                              dtype=torch.float32),
         }
         # One checkpoint tensor per expert and projection, unsharded (vLLM slices it).
         i_full = i * layer.moe_config.tp_size

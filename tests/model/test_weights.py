@@ -161,3 +161,22 @@ def test_fp8_tensor_of_another_dtype_is_named(tmp_path, suffix, dtype, want):
                                          rf"expected {want}"):
         _load(path, {**sd, name: bad})
 
+
+def test_fp8_scales_land_bitwise_in_fp32(tmp_path):
+    # The model is built under bf16 as default dtype (as vLLM does); a scale parameter
+    # created without a dtype would round every fp32 checkpoint scale to bf16.
+    path = checkpoints.make(tmp_path, "yarn", "fp8")
+    sd = read_state_dict(path, dequantize=False)
+    model = _build(path)
+    model.load_weights(iter(sd.items()))
+    p = dict(model.named_parameters())
+    m = "model.layers.1.mlp."
+    inter = model.cfg.moe_intermediate_size
+    w13_s = p[m + "experts.routed_experts.w13_weight_scale_inv"]
+    w2_s = p[m + "experts.routed_experts.w2_weight_scale_inv"]
+    assert w13_s.dtype == w2_s.dtype == torch.float32
+    rows = -(-inter // 128)
+    for e in (0, 5):
+        assert torch.equal(w13_s[e, :rows], sd[f"{m}experts.{e}.gate_proj.weight_scale_inv"])
+        assert torch.equal(w13_s[e, rows:], sd[f"{m}experts.{e}.up_proj.weight_scale_inv"])
+        assert torch.equal(w2_s[e], sd[f"{m}experts.{e}.down_proj.weight_scale_inv"])
