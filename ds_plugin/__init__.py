@@ -82,6 +82,7 @@ def register() -> None:
         return
     _vllm.patch_tokenizer_loading()
     patches.apply_parser_patches()
+    _vllm.patch_weight_loading()
     for arch, target in MODELS.items():
         _vllm.register_model(arch, target)
     for name, (module, cls) in TOOL_PARSERS.items():

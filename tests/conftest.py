@@ -44,17 +44,18 @@ SESSION_LOGIT_PEAK = 2.0
 
 
 @pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """bf16 tiny DeepSeek-V3 checkpoint (real tokenizer, MTP layer included)."""
-    from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
+def tiny_ckpt(tiny_ckpt_fp8: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bf16 tiny DeepSeek-V3 checkpoint (real tokenizer, MTP layer included): the exact bf16
+    twin of `tiny_ckpt_fp8` (its weights dequantized, as ds_fp8 computes with on a CPU), so
+    the session server and `fp8_server` must agree token for token."""
+    from ds_plugin.testing.checkpoint import write_bf16_twin
 
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-bf16",
-                            TinyConfig(logit_peak=SESSION_LOGIT_PEAK))
+    return write_bf16_twin(tiny_ckpt_fp8, tmp_path_factory.mktemp("ckpt") / "tiny-v3-bf16")
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt_fp8(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same weights as block-FP8, exactly as DeepSeek ships them."""
+    """The session checkpoint as block-FP8, exactly as DeepSeek ships it."""
     from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-v3-fp8",
@@ -86,14 +87,12 @@ def server(tiny_ckpt: Path, tokenizer_only_dir: Path):
 
 @pytest.fixture(scope="session")
 def fp8_server(tiny_ckpt_fp8: Path):
-    """A second server, on the block-FP8 checkpoint (started only if a test asks for it).
-
-    Eager mode: this server proves loading and serving of the FP8 format; the session
-    server already covers torch.compile, and skipping it saves a minute of CI.
-    """
+    """A second server, on the block-FP8 checkpoint (started only if a test asks for it),
+    in vLLM's default compiled mode: how users serve it (issue 10's NaN output showed only
+    there)."""
     from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
 
-    args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME, "--enforce-eager"]
+    args = [*CPU_DEFAULT_ARGS, "--served-model-name", SERVED_NAME]
     with VllmServer(tiny_ckpt_fp8, args=args,
                     log_path=tiny_ckpt_fp8.parent / "fp8-server.log") as srv:
         yield srv

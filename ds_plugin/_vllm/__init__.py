@@ -146,3 +146,12 @@ def patch_tokenizer_loading() -> None:
     from ds_plugin.patches import tokenizer
 
     tokenizer.apply(CachedHfTokenizer, get_cached_tokenizer)
+
+
+def patch_weight_loading() -> None:
+    """Apply ds_plugin.patches.weights to vLLM's default model loader (idempotent)."""
+    from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+    from ds_plugin.patches import weights
+
+    weights.apply(DefaultModelLoader)

@@ -9,6 +9,7 @@ construction with the field's name instead of producing wrong logits later.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,17 @@ from typing import Any
 _SCORING_FUNCS = ("sigmoid",)
 _TOPK_METHODS = ("noaux_tc",)
 _ROPE_TYPES = ("default", "yarn")
+# Fields a DeepSeek-V3 config.json must state (every release does). transformers'
+# DeepseekV3Config fills any absent one with DeepSeek-V3-671B's value (kv_lora_rank 512,
+# q_lora_rank 1536, n_group 8, ...), so the config object cannot tell a stated value from
+# a guessed one; from_hf checks the raw config.json's keys when the caller passes them.
+# q_lora_rank may be null (a plain q projection) but must be there.
+STATED_FIELDS = ("hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads",
+                 "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                 "v_head_dim", "intermediate_size", "moe_intermediate_size",
+                 "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group",
+                 "topk_group", "routed_scaling_factor", "norm_topk_prob",
+                 "first_k_dense_replace", "rms_norm_eps")
 
 
 def yarn_mscale(factor: float, mscale: float) -> float:
@@ -74,8 +86,18 @@ class DSConfig:
         return params
 
     @classmethod
-    def from_hf(cls, hf: Any) -> DSConfig:
-        """Read and validate a DeepSeek-V3 config (transformers object or plain namespace)."""
+    def from_hf(cls, hf: Any, stated: Collection[str] | None = None) -> DSConfig:
+        """Read and validate a DeepSeek-V3 config (transformers object or plain namespace).
+
+        `stated`: the keys of the raw config.json (plus overrides); every STATED_FIELDS
+        entry must be among them. None skips that check (no raw config to consult).
+        """
+        if stated is not None:
+            absent = [n for n in STATED_FIELDS if n not in stated]
+            if absent:
+                raise ValueError(f"DeepSeek-V3 config.json does not state {', '.join(absent)}: "
+                                 "every DeepSeek-V3 release does, and transformers would "
+                                 "silently fill in DeepSeek-V3-671B's value")
         _require(hf, ("hidden_size", "vocab_size", "num_hidden_layers", "num_attention_heads",
                       "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
                       "intermediate_size", "moe_intermediate_size", "n_routed_experts",

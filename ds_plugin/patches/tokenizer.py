@@ -1,5 +1,5 @@
-"""Load byte-level BPE tokenizers mislabelled as Llama faithfully (see the ledger in
-ds_plugin/patches/__init__.py)."""
+"""Load byte-level BPE tokenizers mislabelled as Llama faithfully, and name a missing
+tokenizer.json (see the ledger in ds_plugin/patches/__init__.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def is_mislabelled_byte_level(path: str | Path) -> bool:
     return model == "BPE" and byte_level
 
 
+def missing_tokenizer_json(path: str | Path) -> Path | None:
+    """`path`/tokenizer.json when `path` is a local folder that lacks it, else None."""
+    p = Path(path)
+    tok = p / "tokenizer.json"
+    return tok if p.is_dir() and not tok.is_file() else None
+
+
 def load_byte_level(path: str | Path, **kwargs: Any):
     """Load tokenizer.json exactly as written, keeping tokenizer_config's special tokens
     and chat template."""
@@ -60,7 +67,15 @@ def apply(loader_cls: type, cache: Any) -> None:
             log.info("ds-plugin: %s labels a byte-level BPE tokenizer.json as a Llama "
                      "tokenizer; loading tokenizer.json as written", path_or_repo_id)
             return cache(load_byte_level(path_or_repo_id, **kwargs))
-        return original(path_or_repo_id, *args, **kwargs)
+        try:
+            return original(path_or_repo_id, *args, **kwargs)
+        except (ValueError, OSError) as e:
+            missing = missing_tokenizer_json(path_or_repo_id)
+            if missing is None:
+                raise
+            # transformers' own message asks for sentencepiece or tiktoken instead.
+            raise FileNotFoundError(f"tokenizer file {missing} is missing: the tokenizer "
+                                    f"cannot be built from the rest of the folder") from e
 
     setattr(from_pretrained, _MARK, True)
     loader_cls.from_pretrained = staticmethod(from_pretrained)

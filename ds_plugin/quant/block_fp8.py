@@ -34,7 +34,7 @@ from ds_plugin._vllm.quant import (BlockQuantScaleParameter, LinearBase, LinearM
 from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, ceil_div
 from ds_plugin.kernels.fp8_linear import fp8_linear, torch_path_agrees
 from ds_plugin.quant.block_fp8_moe import DSBlockFp8MoEMethod
-from ds_plugin.quant.scales import checked_loader, validate_scales
+from ds_plugin.quant.scales import FP8_WEIGHT, FP32_SCALE, checked_loader, validate_scales
 
 log = logging.getLogger("vllm.ds_plugin")
 
@@ -56,13 +56,16 @@ class DSBlockFp8Config(QuantizationConfig):
         self.weight_block_size = block
         self.activation_scheme = activation_scheme
         self.ignored_layers = list(ignored_layers or [])
-        self.paths_logged: set[tuple[str, str]] = set()
+        self.paths_logged: set[str] = set()
 
     def note_path(self, layer_kind: str, path: str) -> None:
         """Log once per model which path a kind of layer runs (the engine log shows it)."""
-        if (layer_kind, path) not in self.paths_logged:
-            self.paths_logged.add((layer_kind, path))
-            log.info("ds_fp8: %s layers run the %s path", layer_kind, path)
+        self.note_once(f"{layer_kind} layers run the {path} path")
+
+    def note_once(self, message: str) -> None:
+        if message not in self.paths_logged:
+            self.paths_logged.add(message)
+            log.info("ds_fp8: %s", message)
 
     def get_name(self) -> str:
         return NAME
@@ -216,13 +219,14 @@ class DSBlockFp8LinearMethod(LinearMethodBase):
         layer.weight_block_size = self.config.weight_block_size  # vLLM's loaders shard scales by it
         weight = ModelWeightParameter(
             data=torch.empty(n, k, dtype=FP8), input_dim=1, output_dim=0,
-            weight_loader=checked_loader(loader, f"{self.prefix}.weight", stored))
+            weight_loader=checked_loader(loader, f"{self.prefix}.weight", stored, FP8_WEIGHT))
         layer.register_parameter("weight", weight)
         scale = BlockQuantScaleParameter(
             data=torch.full((ceil_div(n, BLOCK), ceil_div(k, BLOCK)), float("nan"), dtype=torch.float32),
             input_dim=1, output_dim=0,
             weight_loader=checked_loader(loader, f"{self.prefix}.weight_scale_inv",
-                                         {k: block_grid(v) for k, v in stored.items()}))
+                                         {k: block_grid(v) for k, v in stored.items()},
+                                         FP32_SCALE, self.config.note_once))
         scale.format_ue8m0 = False
         layer.register_parameter("weight_scale_inv", scale)
 

@@ -20,7 +20,7 @@ from ds_plugin._vllm.quant import (FusedMoEMethodBase, FusedMoeWeightScaleSuppor
                                    replace_parameter, set_weight_attrs)
 from ds_plugin.kernels.fp8_format import BLOCK, FP8, block_grid, ceil_div
 from ds_plugin.moe.experts import AmxFp8Experts, CpuGroupedExperts, TritonFp8Experts
-from ds_plugin.quant.scales import checked_loader, validate_scales
+from ds_plugin.quant.scales import FP8_WEIGHT, FP32_SCALE, checked_loader, validate_scales
 
 
 def cpu_fp8_experts_unavailable(inter: int, hidden: int) -> str | None:
@@ -54,9 +54,13 @@ class DSBlockFp8MoEMethod(FusedMoEMethodBase):
         tensors = {
             "w13_weight": torch.empty(e, 2 * i, h, dtype=fp8),
             "w2_weight": torch.empty(e, h, i, dtype=fp8),
-            # NaN poison: a scale the checkpoint never wrote fails validation at load.
-            "w13_weight_scale_inv": torch.full((e, 2 * ceil_div(i, BLOCK), ceil_div(h, BLOCK)), nan),
-            "w2_weight_scale_inv": torch.full((e, ceil_div(h, BLOCK), ceil_div(i, BLOCK)), nan),
+            # NaN poison: a scale the checkpoint never wrote fails validation at load. fp32
+            # stated: vLLM builds the model under the model dtype as default, and bf16
+            # scales would round every checkpoint scale to 8 bits.
+            "w13_weight_scale_inv": torch.full((e, 2 * ceil_div(i, BLOCK), ceil_div(h, BLOCK)),
+                                               nan, dtype=torch.float32),
+            "w2_weight_scale_inv": torch.full((e, ceil_div(h, BLOCK), ceil_div(i, BLOCK)), nan,
+                                              dtype=torch.float32),
         }
         # One checkpoint tensor per expert and projection, unsharded (vLLM slices it).
         i_full = i * layer.moe_config.tp_size
@@ -66,7 +70,9 @@ class DSBlockFp8MoEMethod(FusedMoEMethodBase):
             layer.register_parameter(name, param)
             want = {k: block_grid(v) for k, v in stored.items()} if "scale" in name else stored
             attrs = dict(extra_weight_attrs,
-                         weight_loader=checked_loader(loader, f"{self.prefix}.{name}", want))
+                         weight_loader=checked_loader(
+                             loader, f"{self.prefix}.{name}", want,
+                             FP32_SCALE if "scale" in name else FP8_WEIGHT, self.config.note_once))
             if name.endswith("scale_inv"):
                 attrs["quant_method"] = FusedMoeWeightScaleSupported.BLOCK.value
             set_weight_attrs(param, attrs)

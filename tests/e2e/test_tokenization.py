@@ -54,3 +54,17 @@ def test_vllm_loader_is_faithful(use_config_dir, tiny_ckpt, tokenizer_only_dir, 
         assert tok.encode(text, add_special_tokens=False) == ids, text
         assert tok.decode(ids) == reference.decode(ids, skip_special_tokens=False), text
     assert tok.encode("The capital of France", add_special_tokens=False) == [671, 6102, 294, 8760]
+
+
+def test_missing_tokenizer_json_is_named(tiny_ckpt, tmp_path):
+    # Everything of a checkpoint's tokenizer but tokenizer.json: transformers alone asks to
+    # "install sentencepiece or tiktoken".
+    import shutil
+
+    import ds_plugin
+
+    ds_plugin.register()
+    for name in ("config.json", "tokenizer_config.json"):
+        shutil.copyfile(tiny_ckpt / name, tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'tokenizer.json'} is missing"):
+        get_tokenizer(str(tmp_path))

@@ -77,3 +77,20 @@ def test_missing_required_field_is_named():
     del raw["kv_lora_rank"]
     with pytest.raises(ValueError, match="kv_lora_rank"):
         DSConfig.from_hf(SimpleNamespace(**raw))
+
+
+@pytest.mark.parametrize("field", ["kv_lora_rank", "q_lora_rank", "n_group"])
+def test_config_json_must_state_what_transformers_would_default(field):
+    # transformers' DeepseekV3Config has a value for every one of these (DeepSeek-V3-671B's);
+    # only the raw config.json's keys show that this one was never written.
+    raw = TinyConfig().hf_config()
+    del raw[field]
+    hf = _hf()
+    with pytest.raises(ValueError, match=f"config.json does not state {field}:"):
+        DSConfig.from_hf(hf, stated=raw.keys())
+
+
+def test_config_json_stating_null_q_lora_rank_is_fine():
+    raw = TinyConfig(q_lora_rank=None).hf_config()
+    assert raw["q_lora_rank"] is None
+    assert DSConfig.from_hf(_hf(q_lora_rank=None), stated=raw.keys()).q_lora_rank is None

@@ -4,7 +4,7 @@ Every engine start costs about a minute or more on the CI box, so each checkpoin
 once (module-scoped) and every comparison for it reads that one run:
 
     q_lora_null / n_group_1 / yarn, bf16   plugin        (eager; yarn compiled, as served)
-    yarn, fp8                              plugin        (FP8 weights, reference dequantized)
+    yarn, fp8                              plugin        (compiled; reference dequantized)
     yarn, bf16                             vLLM in-tree  (VLLM_PLUGINS=none, eager)
     q_lora_null, bf16                      plugin, tensor_parallel_size=2
 """
@@ -24,9 +24,9 @@ OURS = "ds_plugin.model.deepseek_v3.DeepseekV3ForCausalLM"
 IN_TREE = "vllm.model_executor.models.deepseek_v2.DeepseekV3ForCausalLM"
 STEPS = 32
 PROMPTS = checkpoints.prompts()
-# The run that keeps torch.compile on (how vLLM serves by default); the rest run eager to
-# spend CI minutes on comparisons rather than compilation.
-COMPILED = {("yarn", "bf16", "ours")}
+# The runs that keep torch.compile on (how vLLM serves by default), bf16 and FP8; the rest
+# run eager to spend CI minutes on comparisons rather than compilation.
+COMPILED = {("yarn", "bf16", "ours"), ("yarn", "fp8", "ours")}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from ds_plugin.testing.checkpoint import read_state_dict
 from tests.model import checkpoints
 
 
-def _build(path):
+def _build(path, with_config: bool = False):
     from ds_plugin.model.deepseek_v3 import DeepseekV3ForCausalLM
     from tests.helpers.vllm_api import EngineArgs, set_current_vllm_config
     from tests.helpers.vllm_probe import single_rank_context
@@ -24,7 +24,8 @@ def _build(path):
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
-            return DeepseekV3ForCausalLM(vllm_config=cfg)
+            model = DeepseekV3ForCausalLM(vllm_config=cfg)
+            return (model, cfg) if with_config else model
         finally:
             torch.set_default_dtype(default)
 
@@ -94,3 +95,88 @@ def test_unexpected_tensor_named(bf16):
     name = "model.layers.0.self_attn.q_proj.weight"  # q LoRA model: no plain q_proj
     with pytest.raises(ValueError, match=f"{name}.*no place"):
         _load(path, {**sd, name: torch.zeros(512, 256, dtype=torch.bfloat16)})
+
+
+def test_config_json_without_kv_lora_rank_is_refused_naming_it(tmp_path):
+    # Through vLLM's own config loading: transformers fills kv_lora_rank=512 in, so only
+    # the raw config.json shows it was never stated.
+    import json
+
+    path = checkpoints.make(tmp_path, "yarn")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["kv_lora_rank"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json does not state kv_lora_rank"):
+        _build(path)
+
+
+def _truncate(path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:len(data) + keep])
+
+
+@pytest.mark.parametrize("keep", [-1000, 5, 100], ids=["data", "length", "header"])
+def test_truncated_safetensors_file_is_named(tmp_path, keep):
+    from ds_plugin.patches.weights import check_safetensors_file
+    from safetensors.torch import save_file
+
+    f = tmp_path / "model-00001-of-00002.safetensors"
+    save_file({"a": torch.zeros(64, 64), "b": torch.ones(3)}, str(f))
+    check_safetensors_file(f)
+    _truncate(f, keep)
+    with pytest.raises(ValueError, match=f"{f}: truncated safetensors file"):
+        check_safetensors_file(f)
+
+
+def test_truncated_shard_is_named_by_vllms_loader(tmp_path):
+    # The engine's own load path (vLLM's DefaultModelLoader with the plugin registered):
+    # safetensors alone says "incomplete metadata, file not fully covered", no file.
+    import ds_plugin
+    from tests.helpers.vllm_api import get_model_loader, set_current_vllm_config
+
+    ds_plugin.register()
+    path = checkpoints.make(tmp_path, "yarn")
+    shard = sorted(path.glob("*.safetensors"))[-1]
+    _truncate(shard, -4096)
+    model, cfg = _build(path, with_config=True)
+    with set_current_vllm_config(cfg), pytest.raises(
+            ValueError, match=f"{shard}: truncated safetensors file"):
+        get_model_loader(cfg.load_config).load_weights(model, cfg.model_config)
+
+
+@pytest.mark.parametrize("suffix, dtype, want", [
+    ("experts.3.down_proj.weight_scale_inv", torch.int32, "float32"),
+    ("experts.3.gate_proj.weight", torch.bfloat16, "float8_e4m3fn"),
+    ("shared_experts.up_proj.weight_scale_inv", torch.float16, "float32"),
+])
+def test_fp8_tensor_of_another_dtype_is_named(tmp_path, suffix, dtype, want):
+    # Routed experts (the MoE method's loader) and a linear layer: vLLM's loaders would
+    # copy_ the tensor into the parameter, converting it without a word.
+    path = checkpoints.make(tmp_path, "yarn", "fp8")
+    sd = read_state_dict(path, dequantize=False)
+    name = f"model.layers.1.mlp.{suffix}"
+    bad = sd[name].to(dtype) if dtype != torch.int32 else sd[name].round().to(dtype)
+    got = str(dtype).removeprefix("torch.")
+    with pytest.raises(ValueError, match=rf"{name}.*checkpoint tensor has dtype {got}, "
+                                         rf"expected {want}"):
+        _load(path, {**sd, name: bad})
+
+
+def test_fp8_scales_land_bitwise_in_fp32(tmp_path):
+    # The model is built under bf16 as default dtype (as vLLM does); a scale parameter
+    # created without a dtype would round every fp32 checkpoint scale to bf16.
+    path = checkpoints.make(tmp_path, "yarn", "fp8")
+    sd = read_state_dict(path, dequantize=False)
+    model = _build(path)
+    model.load_weights(iter(sd.items()))
+    p = dict(model.named_parameters())
+    m = "model.layers.1.mlp."
+    inter = model.cfg.moe_intermediate_size
+    w13_s = p[m + "experts.routed_experts.w13_weight_scale_inv"]
+    w2_s = p[m + "experts.routed_experts.w2_weight_scale_inv"]
+    assert w13_s.dtype == w2_s.dtype == torch.float32
+    rows = -(-inter // 128)
+    for e in (0, 5):
+        assert torch.equal(w13_s[e, :rows], sd[f"{m}experts.{e}.gate_proj.weight_scale_inv"])
+        assert torch.equal(w13_s[e, rows:], sd[f"{m}experts.{e}.up_proj.weight_scale_inv"])
+        assert torch.equal(w2_s[e], sd[f"{m}experts.{e}.down_proj.weight_scale_inv"])

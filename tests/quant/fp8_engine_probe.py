@@ -1,11 +1,13 @@
 """Run by test_fp8_engine.py in a subprocess: serve a block-FP8 checkpoint with the real
-vLLM engine (in-process engine core, so the model is reachable), generate, and compare
-every call of our quant methods against the checkpoint's dequantized weights.
+vLLM engine in its default (compiled) mode, generate, and check every ds_fp8 layer the
+engine loaded against the checkpoint's dequantized weights.
 
-argv: checkpoint dir, output json path. Prints nothing the test relies on; writes json.
+Compiled, the model's forward no longer calls our Python apply() (Inductor runs what it
+traced), so the layers are checked by calling apply() on them with inputs of prefill and
+decode sizes, from inside the engine (LLM.apply_model); the tokens come from the compiled
+graph. argv: checkpoint dir, output json path. Writes json.
 """
 
-import inspect
 import json
 import os
 import sys
@@ -21,7 +23,8 @@ from ds_plugin.testing.checkpoint import read_state_dict  # noqa: E402
 # vLLM merges some checkpoint linears into one layer: layer suffix -> checkpoint parts.
 MERGED = {"gate_up_proj": ["gate_proj", "up_proj"],
           "fused_qkv_a_proj": ["q_a_proj", "kv_a_proj_with_mqa"]}
-CALLS_KEPT = 2  # per layer: enough to see prefill and decode shapes
+TOKENS = (7, 1)  # a prefill and a decode step
+IDENTICAL = 10  # identical greedy requests in one batch
 
 
 def our_layers(model):
@@ -34,30 +37,34 @@ def our_layers(model):
             yield name, mod, qm
 
 
-def install_spies(model):
-    """Record (inputs, output) of the first calls of every ds_fp8 apply()."""
+def count_layers(model):
     counts = {"linear": 0, "moe": 0, "other_linear": []}
-    from ds_plugin._vllm.quant import LinearBase as linear_base
-    for name, mod in model.named_modules():
-        if isinstance(mod, linear_base) and not isinstance(
-                getattr(mod, "quant_method", None), tuple(type(q) for _, _, q in our_layers(model))):
-            counts["other_linear"].append(f"{name}:{type(mod.quant_method).__name__}")
-    for name, mod, qm in our_layers(model):
-        counts["moe" if hasattr(mod, "w13_weight") else "linear"] += 1
-        orig = qm.apply
-        sig = inspect.signature(orig)
-        mod.ds_probe_calls = []
+    from ds_plugin._vllm.quant import LinearBase
 
-        def spy(*args, _orig=orig, _sig=sig, _mod=mod, **kwargs):
-            out = _orig(*args, **kwargs)
-            if len(_mod.ds_probe_calls) < CALLS_KEPT:
-                bound = _sig.bind(*args, **kwargs).arguments
-                keep = {k: v.detach().clone() for k, v in bound.items()
-                        if isinstance(v, torch.Tensor)}
-                _mod.ds_probe_calls.append((keep, out.detach().clone()))
-            return out
-        qm.apply = spy
+    ours = {name for name, _, _ in our_layers(model)}
+    for name, mod in model.named_modules():
+        if isinstance(mod, LinearBase) and name not in ours:
+            counts["other_linear"].append(f"{name}:{type(mod.quant_method).__name__}")
+    for _, mod, _ in our_layers(model):
+        counts["moe" if hasattr(mod, "w13_weight") else "linear"] += 1
     return counts
+
+
+def layer_calls(mod, qm, gen, top_k):
+    """(inputs, output) of apply() at each size in TOKENS, inputs in the model dtype."""
+    dtype = mod.orig_dtype
+    calls = []
+    for m in TOKENS:
+        if hasattr(mod, "w13_weight"):
+            e, _, h = mod.w13_weight.shape
+            args = {"x": torch.randn(m, h, generator=gen).to(dtype),
+                    "topk_weights": torch.rand(m, top_k, generator=gen),
+                    "topk_ids": torch.stack([torch.randperm(e, generator=gen)[:top_k]
+                                             for _ in range(m)]).to(torch.int32)}
+        else:
+            args = {"x": torch.randn(m, mod.weight.shape[1], generator=gen).to(dtype)}
+        calls.append((args, qm.apply(mod, **args)))
+    return calls
 
 
 def linear_ref(ckpt, prefix):
@@ -84,10 +91,11 @@ def moe_ref(ckpt, prefix, x, topk_weights, topk_ids):
     return out
 
 
-def compare(model, ckpt):
+def compare(model, ckpt, top_k):
     rows = []
+    gen = torch.Generator().manual_seed(0)
     for name, mod, qm in our_layers(model):
-        for args, out in mod.ds_probe_calls:
+        for args, out in layer_calls(mod, qm, gen, top_k):
             if "topk_ids" in args:
                 ref = moe_ref(ckpt, qm.prefix, args["x"], args["topk_weights"], args["topk_ids"])
                 bound = None
@@ -106,24 +114,29 @@ def compare(model, ckpt):
     return rows
 
 
+def finite(gen) -> bool:
+    return all(lp == lp and abs(lp) != float("inf")
+               for step in gen.outputs[0].logprobs for lp in (v.logprob for v in step.values()))
+
+
 def main():
     ckpt_dir, out_path = sys.argv[1], sys.argv[2]
     from tests.helpers.vllm_api import LLM, SamplingParams
 
-    llm = LLM(model=ckpt_dir, enforce_eager=True, max_model_len=512, gpu_memory_utilization=0.3,
-              seed=0)
+    # vLLM's default mode (torch.compile), as `vllm serve` runs it.
+    llm = LLM(model=ckpt_dir, max_model_len=512, gpu_memory_utilization=0.3, seed=0)
     quant = llm.llm_engine.model_config.quantization
-    counts = llm.apply_model(install_spies)[0]
-    prompts = ["The capital of France is", "1 2 3 4 5 6 7"]
-    gens = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, logprobs=1))
+    counts = llm.apply_model(count_layers)[0]
+    prompts = ["The capital of France is"] * IDENTICAL + ["1 2 3 4 5 6 7"]
+    gens = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, logprobs=1))
     ckpt = read_state_dict(ckpt_dir, dequantize=True)
-    rows = llm.apply_model(lambda m: compare(m, ckpt))[0]
+    top_k = llm.llm_engine.model_config.hf_config.num_experts_per_tok
+    rows = llm.apply_model(lambda m: compare(m, ckpt, top_k))[0]
+    tokens = [list(g.outputs[0].token_ids) for g in gens]
     result = {"quantization": quant, "counts": counts, "rows": rows,
-              "generated": [list(g.outputs[0].token_ids) for g in gens],
-              "logprobs_finite": all(all(lp == lp and abs(lp) != float("inf")
-                                         for step in g.outputs[0].logprobs for lp in
-                                         (v.logprob for v in step.values()))
-                                     for g in gens)}
+              "compiled": not llm.llm_engine.model_config.enforce_eager,
+              "generated": tokens, "identical": len({tuple(t) for t in tokens[:IDENTICAL]}) == 1,
+              "logprobs_finite": all(finite(g) for g in gens)}
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
 

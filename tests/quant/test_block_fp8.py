@@ -124,6 +124,35 @@ def test_wrong_scale_shape_fails_naming_it(vllm_ctx):
         _load(layer, "weight_scale_inv", torch.ones(2, 2), 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float16, torch.float8_e4m3fn])
+def test_scale_of_another_dtype_fails_naming_it(vllm_ctx, dtype):
+    # The loader's copy_ would convert it into the fp32 parameter without a word.
+    layer, qs = _merged(vllm_ctx, 256, [128, 128], prefix="model.layers.2.mlp.gate_up_proj")
+    bad = torch.ones(1, 2, dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(ValueError, match=rf"gate_up_proj\.weight_scale_inv: checkpoint tensor "
+                                         rf"has dtype {name}, expected float32"):
+        _load(layer, "weight_scale_inv", bad, 0)
+
+
+def test_weight_must_be_fp8_e4m3(vllm_ctx):
+    layer, qs = _merged(vllm_ctx, 256, [128, 128], prefix="model.layers.2.mlp.gate_up_proj")
+    with pytest.raises(ValueError, match=r"gate_up_proj\.weight: checkpoint tensor has dtype "
+                                         r"bfloat16, expected float8_e4m3fn"):
+        _load(layer, "weight", qs[0][0].to(torch.bfloat16), 0)
+
+
+def test_bf16_scales_are_upcast_exactly(vllm_ctx, caplog):
+    layer, qs = _merged(vllm_ctx, 256, [128, 128])
+    for i, (q, s) in enumerate(qs):
+        _load(layer, "weight", q, i)
+        _load(layer, "weight_scale_inv", s.to(torch.bfloat16), i)
+    assert layer.weight_scale_inv.dtype == torch.float32
+    assert torch.equal(layer.weight_scale_inv.data,
+                       torch.cat([s.to(torch.bfloat16).float() for _, s in qs]))
+    assert any("upcast to float32" in m for m in layer.quant_method.config.paths_logged)
+
+
 def test_nonpositive_scale_rejected(vllm_ctx):
     layer, qs = _merged(vllm_ctx, 256, [128, 128])
     for i, (q, s) in enumerate(qs):

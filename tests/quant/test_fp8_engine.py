@@ -1,9 +1,10 @@
-"""A block-FP8 tiny checkpoint through the real vLLM engine (CPU) is served by ds_fp8,
-and every call of our quant methods matches the checkpoint's dequantized weights.
+"""A block-FP8 tiny checkpoint through the real vLLM engine (CPU) in its default compiled
+mode is served by ds_fp8, gives deterministic finite output, and every ds_fp8 layer the
+engine loaded matches the checkpoint's dequantized weights.
 
 One engine start, in a subprocess (tests/quant/fp8_engine_probe.py): the engine core runs
-in that process so the probe can reach the model, record each apply() during generation
-and compare it with fp32 products of the dequantized checkpoint tensors.
+in that process so the probe can reach the model and call each layer's apply() on inputs
+of prefill and decode sizes, comparing with fp32 products of the dequantized checkpoint.
 """
 
 import json
@@ -40,7 +41,11 @@ def test_engine_uses_ds_fp8_on_every_quantized_layer(probe):
     assert result["counts"]["moe"] == cfg["num_hidden_layers"] - cfg["first_k_dense_replace"]
     assert result["counts"]["linear"] >= 5 * cfg["num_hidden_layers"]
     assert "ds_fp8: linear layers run the CPU" in log and "ds_fp8: MoE layers run the CPU" in log
+    assert result["compiled"]
     assert all(result["generated"]) and result["logprobs_finite"]
+    # Identical greedy requests in one batch give identical tokens (issue 10: compiled FP8
+    # gave each a different output, with NaN logits read as token 0 among them).
+    assert result["identical"], result["generated"]
 
 
 @pytest.mark.engine

@@ -123,6 +123,27 @@ def test_read_state_dict_dequantizes_fp8_close_to_bf16(ckpts):
     assert rel < 0.04  # e4m3 quantisation noise, ~2^-5 relative
 
 
+def test_bf16_twin_of_fp8_holds_what_ds_fp8_computes_on_cpu(tmp_path):
+    # Bit for bit the weights ds_fp8's CPU path makes at load (fp8_block_dequant to bf16),
+    # every other tensor as in the fp8 checkpoint, and no quantization_config: the session
+    # server (the twin) and the FP8 server must give the same greedy tokens.
+    from ds_plugin.kernels import fp8_block_dequant
+    from ds_plugin.testing.checkpoint import write_bf16_twin
+
+    src = write_checkpoint(tmp_path / "fp8", TinyConfig(num_hidden_layers=2), quant="fp8")
+    twin_dir = write_bf16_twin(src, tmp_path / "twin")
+    fp8, twin = read_state_dict(src, dequantize=False), read_state_dict(twin_dir, dequantize=False)
+    assert set(twin) == {k for k in fp8 if not k.endswith("_scale_inv")}
+    for name, t in twin.items():
+        if fp8[name].dtype == torch.float8_e4m3fn:
+            want = fp8_block_dequant(fp8[name], fp8[name.removesuffix("weight") + "weight_scale_inv"],
+                                     torch.bfloat16)
+            assert t.dtype == torch.bfloat16 and torch.equal(t, want), name
+        else:
+            assert t.dtype == fp8[name].dtype and torch.equal(t, fp8[name]), name
+    assert "quantization_config" not in json.loads((twin_dir / "config.json").read_text())
+
+
 def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="n_group"):
         TinyConfig(n_routed_experts=6, n_group=4)
