@@ -8,7 +8,8 @@ the model as follows; everything else keeps its name:
     mlp[.shared_experts].gate_proj / up_proj -> ...gate_up_proj   shards 0 / 1
     mlp.experts.{e}.gate_proj / up_proj      -> mlp.experts.routed_experts.w13_*  (w1 / w3)
     mlp.experts.{e}.down_proj                -> mlp.experts.routed_experts.w2_*
-    model.layers.{num_hidden_layers + j}.*   -> skipped: the MTP module is a separate model
+    model.layers.{num_hidden_layers + j}.*   -> skipped: the MTP layer is the draft model's
+                                             (ds_plugin.spec, same plan and shapes)
 
 The plan is built from the model's own parameters, so every parameter that must come from
 the checkpoint has an expected tensor name, and (for weights and scales) an expected full
@@ -113,7 +114,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     parameter names loaded, as vLLM's loader expects."""
     cfg: DSConfig = model.cfg
     plan = checkpoint_plan(model, cfg)
-    block = _weight_block(getattr(model, "quant_config", None))
+    block = weight_block(getattr(model, "quant_config", None))
     params = dict(model.named_parameters())
     seen: set[str] = set()
     loaded: set[str] = set()
@@ -133,7 +134,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
                              f"expected {want} from config.json")
         seen.add(name)
         for t in targets:
-            if _load_one(params[t.param], tensor, t, name):
+            if load_tensor(params[t.param], tensor, t, name):
                 loaded.add(t.param)
     missing = sorted(set(plan) - seen)
     if missing:
@@ -143,7 +144,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     return loaded
 
 
-def _load_one(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -> bool:
+def load_tensor(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -> bool:
     loader = getattr(param, "weight_loader", default_weight_loader)
     try:
         if t.expert is not None:
@@ -161,7 +162,7 @@ def _load_one(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -
                          f"{tuple(param.shape)}, {param.dtype}): {err}") from err
 
 
-def _weight_block(quant_config) -> tuple[int, int] | None:
+def weight_block(quant_config) -> tuple[int, int] | None:
     block = getattr(quant_config, "weight_block_size", None)
     return tuple(block) if block else None
 
