@@ -119,9 +119,13 @@ class DeepSeekMTP(nn.Module):
         return self.model.embed_tokens(input_ids)
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
-                hidden_states: torch.Tensor, intermediate_tensors=None,
+                hidden_states: torch.Tensor | None = None, intermediate_tensors=None,
                 inputs_embeds: torch.Tensor | None = None, spec_step_idx: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        # vLLM's model protocol has no hidden_states; its MTP proposers always pass them.
+        if hidden_states is None:
+            raise ValueError("DeepSeekMTP.forward needs the target's hidden_states (it is "
+                             "called by vLLM's speculative proposer)")
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
         return self.model.layer(spec_step_idx)(positions, inputs_embeds, hidden_states)
