@@ -56,13 +56,19 @@ def graph_time_us(fn, reps: int = 20, rounds: int = 5) -> float:
 
 
 def eager_time_us(fn, reps: int = 5) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) * 1e6 / reps
+
+
+def smoke_time_us(fn, **_) -> float:
+    """--smoke (CPU): one eager call, to run every Python path of the script quickly."""
+    return eager_time_us(fn, reps=1)
 
 
 def flashinfer_name() -> str | None:
@@ -78,22 +84,23 @@ def flashinfer_name() -> str | None:
     return "flashinfer-fa3"
 
 
-def decode_rows(layouts, batches, contexts, kv: str, fi: str | None) -> list[dict]:
+def decode_rows(layouts, batches, contexts, kv: str, fi: str | None, device="cuda",
+                timer=graph_time_us, mla="triton") -> list[dict]:
     rows = []
     for layout in layouts:
         for ctx in contexts:
             for b in batches:
-                st = L.build(layout, b, ctx, kv, "cuda")
-                variants = L.layer_variants(st, fi)
+                st = L.build(layout, b, ctx, kv, device, page=64 if device == "cuda" else 16)
+                variants = L.layer_variants(st, fi, mla)
                 row = {"layout": layout.name, "batch": b, "context": ctx, "kv": kv, "us": {}}
                 for name, layer in variants.items():
                     try:
-                        row["us"][name] = graph_time_us(layer.step)
+                        row["us"][name] = timer(layer.step)
                     except Exception as e:  # noqa: BLE001 - reported, the grid goes on
                         row["us"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-                ours = variants["ours (triton MLA)"] if fi is None else variants[f"ours ({fi} MLA)"]
-                row["ours"] = "ours (triton MLA)" if fi is None else f"ours ({fi} MLA)"
-                row["parts"] = {n: graph_time_us(p) for n, p in ours.parts}
+                row["ours"] = f"ours ({mla} MLA)" if fi is None else f"ours ({fi} MLA)"
+                ours = variants[row["ours"]]
+                row["parts"] = {n: timer(p) for n, p in ours.parts}
                 peer = [v for k, v in variants.items() if k.startswith("peers")]
                 if peer and peer[0].linear.refused:
                     row["cublas_refused"] = sorted(peer[0].linear.refused)
@@ -117,13 +124,13 @@ def _print_row(row: dict) -> None:
           + " | ".join(cells) + f" | parts: {parts} |", flush=True)
 
 
-def prefill_rows(layouts, tokens: int, prefixes) -> list[dict]:
+def prefill_rows(layouts, tokens: int, prefixes, device="cuda", timer=eager_time_us) -> list[dict]:
     import prefill_chunk as P
 
     rows = []
     for layout in layouts:
         for prefix in prefixes:
-            row = P.measure(layout, tokens, prefix, eager_time_us)
+            row = P.measure(layout, tokens, prefix, timer, device)
             rows.append(row)
             print(f"| prefill {layout.name} | {tokens} new + {prefix} cached | "
                   + " | ".join(f"{k}: {v:.0f} us" if isinstance(v, float) else f"{k}: {v}"
@@ -138,9 +145,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write every measured figure here")
     ap.add_argument("--mtp-accept", type=float, default=None,
                     help="mean accepted length per step with MTP (default: SGLang's published 2.8)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, tiny sizes, eager: checks the script's paths, times nothing real")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(0)
+    if args.smoke:
+        return smoke()
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
     for layout in (L.TP8, L.DPEP8):
         print(f"# {layout.name}: {layout.what}")
@@ -157,6 +168,21 @@ def main() -> int:
     print()
     project_8xh200.print_projection(report, mtp_accept=args.mtp_accept)
     print(f"# total wall {time.time() - t0:.0f} s")
+    return 0
+
+
+def smoke() -> int:
+    tiny = L.Dims(hidden=256, q_lora=128, experts=16, top_k=4, n_group=4, topk_group=2,
+                  moe_inter=256, heads=16)
+    layouts = (L.Layout("TP8", ep=False, dims=tiny, ranks=2),
+               L.Layout("DP-attn+EP8", ep=True, dims=tiny, ranks=2))
+    rows = decode_rows(layouts, [1, 4], [64], "bf16", None, device="cpu", timer=smoke_time_us,
+                       mla="torch")
+    pre = prefill_rows(layouts, 32, (0, 16), device="cpu", timer=smoke_time_us)
+    report = {"device": "cpu (smoke)", "date": time.strftime("%Y-%m-%d"), "decode": rows,
+              "prefill": pre, "extras": {b: {"lm_head": 1.0, "sample": 1.0, "dense_mlp_tp8": 1.0}
+                                        for b in (1, 4)}}
+    project_8xh200.print_projection(report)
     return 0
 
 

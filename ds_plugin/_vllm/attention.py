@@ -1,20 +1,17 @@
-"""vLLM's MLA backend bases and the enums a backend declares itself with."""
+"""vLLM's MLA backend bases, the enums a backend declares itself with, and config lookups."""
 
-from vllm.config import get_current_vllm_config
-from vllm.model_executor.layers.attention.mla_attention import (MLACommonBackend, MLACommonImpl,
-                                                                MLACommonMetadata,
+from vllm.config import VllmConfig, get_current_vllm_config, get_layers_from_vllm_config
+from vllm.model_executor.layers.attention.mla_attention import (MLACommonBackend,
+                                                                MLACommonDecodeMetadata,
+                                                                MLACommonImpl, MLACommonMetadata,
                                                                 MLACommonMetadataBuilder,
                                                                 QueryLenSupport)
+from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, MultipleOf
 
 __all__ = [
-    "AttentionCGSupport", "AttentionType", "MLACommonBackend", "MLACommonImpl",
-    "MLACommonMetadata", "MLACommonMetadataBuilder", "MultipleOf", "QueryLenSupport",
-    "current_max_model_len",
+    "AttentionCGSupport", "AttentionLayerBase", "AttentionType", "MLACommonBackend",
+    "MLACommonDecodeMetadata", "MLACommonImpl", "MLACommonMetadata", "MLACommonMetadataBuilder",
+    "MultipleOf", "QueryLenSupport", "VllmConfig", "get_current_vllm_config",
+    "get_layers_from_vllm_config",
 ]
-
-
-def current_max_model_len(default: int) -> int:
-    """max_model_len of the vLLM config current while layers are built (else `default`)."""
-    model_config = get_current_vllm_config().model_config
-    return int(getattr(model_config, "max_model_len", 0) or default)

@@ -13,14 +13,20 @@ import torch
 import triton
 import triton.language as tl
 
+from ds_plugin.kernels.fp8_moe_prefill import (PrefillConfig, moe_align_chunked,
+                                               prefill_experts, prefill_supported)
 from ds_plugin.kernels.fp8_quant import fp8_act_quant, fp8_silu_mul_quant
 from ds_plugin.kernels.fp8_format import BLOCK, FP8, ceil_div
-from ds_plugin.kernels.ref_fp8 import moe_align_capacity, ref_moe_align
+from ds_plugin.kernels.fp8_moe_prefill import moe_align_capacity
 
 # One program aligns up to this many (token, slot) pairs (512 tokens at top-8): decode,
-# where the torch twin's ~25 small launches would cost as much as the experts' weight
-# read. Larger batches use the twin; their GEMMs amortise it.
+# where a launch more would cost as much as the experts' weight read. Larger batches use
+# the chunked align (three launches, any size).
 MAX_ALIGN_PAIRS = 4096
+# The prefill path (fp8_moe_prefill) from this many pairs on, when the average expert
+# sees at least PREFILL_MIN_ROWS_PER_EXPERT rows (its tiles are 128 rows of one expert).
+PREFILL_FROM_PAIRS = 4096
+PREFILL_MIN_ROWS_PER_EXPERT = 32
 
 
 @triton.jit
@@ -69,13 +75,15 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
         sorted_ids: (P,) int32, flat pair index t*k + j, or M*k for a padding row.
         block_expert: (P / block_m,) int32, the expert of each block, -1 past the end.
         P = moe_align_capacity(M*k, E, block_m), a bound, so shapes depend on M only.
-    Equal, element for element, to ref_fp8.ref_moe_align (which serves batches past
-    MAX_ALIGN_PAIRS).
+    Equal, element for element, to ref_fp8.ref_moe_align.
     """
     pairs = topk_ids.numel()
-    if pairs == 0 or pairs > MAX_ALIGN_PAIRS:
-        return ref_moe_align(topk_ids, num_experts, block_m)
     dev = topk_ids.device
+    if pairs == 0:
+        return (torch.empty(0, dtype=torch.int32, device=dev),
+                torch.empty(0, dtype=torch.int32, device=dev))
+    if pairs > MAX_ALIGN_PAIRS:
+        return moe_align_chunked(topk_ids, num_experts, block_m)[:2]
     cap = moe_align_capacity(pairs, num_experts, block_m)
     sorted_ids = torch.empty(cap, dtype=torch.int32, device=dev)
     block_expert = torch.empty(cap // block_m, dtype=torch.int32, device=dev)
@@ -183,9 +191,16 @@ def moe_block_m(num_pairs: int, num_experts: int) -> int:
     return 16 if per_expert <= 16 else (32 if per_expert <= 48 else 64)
 
 
+def use_prefill_path(pairs: int, num_experts: int, hidden: int, inter: int) -> bool:
+    """Shape-only choice (so a CUDA graph of one batch size always takes one path)."""
+    return (prefill_supported(hidden, inter) and pairs >= PREFILL_FROM_PAIRS
+            and pairs >= PREFILL_MIN_ROWS_PER_EXPERT * num_experts)
+
+
 def fp8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
                   w13: torch.Tensor, w13_s: torch.Tensor, w2: torch.Tensor, w2_s: torch.Tensor,
-                  ue8m0: bool = False) -> torch.Tensor:
+                  ue8m0: bool = False, prefill: bool | None = None,
+                  prefill_config: PrefillConfig | None = None) -> torch.Tensor:
     """Routed experts of one MoE layer on block-FP8 weights.
 
     Args:
@@ -193,6 +208,8 @@ def fp8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
         topk_weights: (M, k) float routing weights; topk_ids: (M, k) int expert ids.
         w13: (E, 2I, H) fp8, gate rows [0, I) then up rows [I, 2I); w13_s (E, 2I/128, H/128).
         w2: (E, H, I) fp8; w2_s (E, H/128, I/128).
+        prefill: force (True) or forbid (False) the prefill path; None: by shape
+            (use_prefill_path). prefill_config: its tiles (benchmarks).
     Returns:
         (M, H) x.dtype: sum_j topk_weights[:, j] * expert_j(x).
     """
@@ -205,6 +222,14 @@ def fp8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     pairs = m * top_k
     if pairs == 0:
         return torch.zeros_like(x)
+    if prefill is None:
+        prefill = use_prefill_path(pairs, e, h, w2.shape[2])
+    out = torch.empty(m, h, dtype=x.dtype, device=x.device)
+    if prefill:
+        y = prefill_experts(x, topk_weights, topk_ids, w13, w13_s, w2, w2_s, ue8m0=ue8m0,
+                            config=prefill_config)
+        _combine_kernel[(m, ceil_div(h, 1024))](y, out, h, TOP_K=top_k, BLOCK=1024)
+        return out
     bm = moe_block_m(pairs, e)
     sorted_ids, block_expert = moe_align(topk_ids, e, bm)
     xq, xs = fp8_act_quant(x, ue8m0=ue8m0)
@@ -213,6 +238,5 @@ def fp8_fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     aq, as_ = fp8_silu_mul_quant(gate_up, ue8m0=ue8m0)
     y = fp8_grouped_gemm_nt(aq, as_, w2, w2_s, sorted_ids, block_expert, pairs, 1,
                             topk_weights=topk_weights.reshape(-1).float(), block_m=bm)
-    out = torch.empty(m, h, dtype=x.dtype, device=x.device)
     _combine_kernel[(m, ceil_div(h, 1024))](y, out, h, TOP_K=top_k, BLOCK=1024)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ds_plugin.kernels.fp8_moe_prefill import moe_align_capacity
 from ds_plugin.kernels.fp8_format import (BLOCK, FP8, ceil_div, dequant_block, dequant_groups,
                                           quant_groups)
 
@@ -19,11 +20,6 @@ def ref_block_gemm_nt(a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16) -> torch.Ten
     a = dequant_groups(a_q, a_s)
     b = dequant_block(b_q, b_s)
     return (a @ b.t()).to(out_dtype)
-
-
-def moe_align_capacity(pairs: int, num_experts: int, block_m: int) -> int:
-    """Upper bound of the padded length: every hit expert wastes at most block_m - 1 rows."""
-    return ceil_div(pairs + min(pairs, num_experts) * (block_m - 1), block_m) * block_m
 
 
 def ref_moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):

@@ -19,9 +19,11 @@ import inspect
 # attribute path ("tl.sort", "triton.language.math.div_rn") or a keyword argument of a
 # callable ("tl.range(warp_specialize=)").
 TRITON_FEATURES: dict[str, tuple[str, ...]] = {
-    "tl.sort": ("fp8_moe",),
-    "tl.cumsum": ("fp8_moe",),
-    "tl.math.div_rn": ("fp8_quant",),
+    "tl.sort": ("fp8_moe", "fp8_moe_prefill"),
+    "tl.cumsum": ("fp8_moe", "fp8_moe_prefill"),
+    "tl.math.div_rn": ("fp8_moe_prefill", "fp8_quant", "w4a8_gemm"),
+    "tl.inline_asm_elementwise": ("mla_tiles", "w4a8_gemm"),
+    "tl.make_tensor_descriptor": ("mla_decode",),
     "tl.div_rn": ("mla_kv_cache",),
     "tl.clamp": ("mla_kv_cache",),
 }

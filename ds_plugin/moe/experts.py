@@ -1,10 +1,11 @@
-"""Routed-expert execution shared by the plugin's MoE quant methods (ds_fp8, ...).
+"""Routed-expert execution shared by the plugin's MoE quant methods (ds_fp8, w4afp8).
 
 A method owns its checkpoint layout and load-time checks; at load it picks one of these
 classes for the device, and its `apply` only calls the chosen one:
 
-- `TritonFp8Experts`: block-FP8 weights kept as stored, our fused Triton MoE (CUDA, or the
-  Triton interpreter on CPU when a test asks for the CUDA-side code).
+- `TritonFp8Experts` / `TritonW4A8Experts`: block-FP8 / packed int4 weights kept as stored,
+  our fused Triton MoEs (CUDA, or the Triton interpreter on CPU when a test asks for the
+  CUDA-side code).
 - `CpuGroupedExperts`: weights dequantized to the model dtype once at load; each expert runs
   only on the tokens routed to it (grouped by expert), so a token costs top-k expert FFNs,
   not E of them. vLLM traces the MoE layer's forward with Dynamo on CPU, and the per-expert
@@ -98,3 +99,22 @@ class TritonFp8Experts:
         weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
         return fp8_fused_moe(x, weights, ids, layer.w13_weight, layer.w13_weight_scale_inv,
                              layer.w2_weight, layer.w2_weight_scale_inv)
+
+
+class TritonW4A8Experts:
+    """int4 experts with FP8 activations on our fused Triton MoE (kernels.w4a8_moe); the
+    static scales, when used, are the layer's per-tensor w13/w2 input scales."""
+
+    name = "CUDA w4a8 (Triton fused MoE: int4 experts, FP8 activations)"
+
+    def __init__(self, static: bool) -> None:
+        self.static = static
+
+    def __call__(self, layer, x, topk_weights, topk_ids) -> torch.Tensor:
+        from ds_plugin.kernels.w4a8_moe import w4a8_fused_moe
+
+        weights, ids = local_routing(topk_weights, topk_ids, layer.expert_map)
+        a13, a2 = ((layer.w13_input_scale, layer.w2_input_scale) if self.static
+                   else (None, None))
+        return w4a8_fused_moe(x, weights, ids, layer.w13_weight, layer.w13_weight_scale_inv,
+                              layer.w2_weight, layer.w2_weight_scale_inv, a13, a2)

@@ -12,6 +12,14 @@ attention, dense MLP, routed and shared experts is `float8_e4m3fn` with an fp32
 (w ~= fp8 * scale_inv, blockwise); embeddings, norms, the router, the correction bias, the
 MTP `eh_proj` and both heads stay unquantised, as in the release.
 
+W4AFP8 (`quant="w4afp8"`, the layout of novita/Deepseek-R1-0528-W4AFP8 as SGLang reads it):
+the decoder layers' routed experts are packed int4 (`weight` int8 (N, K/2), two's-complement
+nibbles, element 2j low; `weight_scale_inv` fp32 (N, K/128); `input_scale` an fp32 scalar per
+expert and projection); everything else quantised is block-FP8 as above, the MTP layer's
+routed experts included. Int4 group scales and input scales are powers of two, so every
+int4 weight times its scale is exact in bf16: `write_bf16_twin` writes the checkpoint a
+dequantizing server must behave exactly like.
+
 Everything is a pure function of (config, quant, tokenizer, seed), or of given weights.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -29,7 +38,9 @@ from typing import Any, Iterator
 import torch
 
 from ds_plugin.kernels.fp8_format import BLOCK, dequant_block, quant_block
+from ds_plugin.kernels.int4_format import GROUP, dequant_int4, quant_int4
 TOKENIZERS = ("deepseek-v3", "deepseek-v3.1", "deepseek-r1")
+QUANTS = ("bf16", "fp8", "w4afp8")
 _TOKENIZER_VOCAB = 129280  # vocab_size of every V3-family release
 
 
@@ -126,8 +137,12 @@ class TinyConfig:
             cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
                                           "quant_method": "fp8",
                                           "weight_block_size": [BLOCK, BLOCK]}
+        elif quant == "w4afp8":
+            cfg["quantization_config"] = {"activation_scheme": "static", "fmt": "e4m3",
+                                          "group_size": GROUP, "quant_method": "w4afp8",
+                                          "weight_block_size": [BLOCK, BLOCK]}
         elif quant != "bf16":
-            raise ValueError(f"quant must be 'bf16' or 'fp8', got {quant!r}")
+            raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
         return dict(sorted(cfg.items()))
 
 
@@ -267,13 +282,32 @@ def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16", seed: int = 0,
         kind = kinds[name]
         if kind == "bias":
             stored[name] = w.float().contiguous()  # the release keeps the bias in fp32
-        elif kind == "linear" and quant == "fp8":
+        elif kind == "linear" and quant == "w4afp8" and _int4_expert(name, cfg):
+            q, s = quant_int4(w, pow2=True)
+            stored[name] = q
+            stored[name.removesuffix("weight") + "weight_scale_inv"] = s
+            # A static activation scale as calibration leaves it (a few x 4 / 448, for
+            # activations of unit scale), a power of two that varies by expert so the
+            # per-tensor max over experts is not any one expert's.
+            expert = int(name.split(".experts.")[1].split(".")[0])
+            stored[name.removesuffix("weight") + "input_scale"] = torch.tensor(
+                2.0 ** (-7 + expert % 3 - 1))
+        elif kind == "linear" and quant in ("fp8", "w4afp8"):
             q, s = quant_block(w)
             stored[name] = q
             stored[name.removesuffix("weight") + "weight_scale_inv"] = s
         else:
             stored[name] = w.to(torch.bfloat16).contiguous()
     return stored
+
+
+_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.\d+\.")
+
+
+def _int4_expert(name: str, cfg: TinyConfig) -> bool:
+    """A routed expert of a decoder layer (the MTP layer's stay block-FP8)."""
+    m = _EXPERT.match(name)
+    return m is not None and int(m.group(1)) < cfg.num_hidden_layers
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,14 +344,39 @@ def write_checkpoint(out_dir: str | Path, cfg: TinyConfig | None = None, quant: 
                      weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a complete DeepSeek-format checkpoint to `out_dir` and return its path
     (random weights from `seed`, or the given fp32 `weights`)."""
+    cfg = cfg or TinyConfig()
+    out = _write_files(Path(out_dir), checkpoint_tensors(cfg, quant, seed, weights),
+                       cfg.hf_config(quant, tokenizer), cfg.n_shards)
+    write_tokenizer(out, tokenizer)
+    return out
+
+
+def write_bf16_twin(src: str | Path, out_dir: str | Path) -> Path:
+    """The bf16 checkpoint a dequantizing server of `src` computes with: every quantised
+    weight dequantized in fp32 and rounded once to bf16 (exactly, for W4AFP8's int4 with
+    power-of-two scales), activation scales dropped, the rest as stored."""
+    src = Path(src)
+    stored = read_state_dict(src, dequantize=False)
+    values = read_state_dict(src)
+    tensors = {k: v.to(stored[k].dtype if stored[k].dtype in (torch.bfloat16, torch.float32)
+                       else torch.bfloat16).contiguous() for k, v in values.items()}
+    config = json.loads((src / "config.json").read_text())
+    config.pop("quantization_config", None)
+    shards = len(set(json.loads((src / "model.safetensors.index.json").read_text())
+                     ["weight_map"].values()))
+    out = _write_files(Path(out_dir), tensors, config, shards)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(src / name, out / name)
+    return out
+
+
+def _write_files(out: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any],
+                 n_shards: int) -> Path:
     from safetensors.torch import save_file
 
-    cfg = cfg or TinyConfig()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = checkpoint_tensors(cfg, quant, seed, weights)
     names = list(tensors)
-    n = max(1, min(cfg.n_shards, len(names)))
+    n = max(1, min(n_shards, len(names)))
     per = -(-len(names) // n)
     weight_map: dict[str, str] = {}
     total = 0
@@ -332,17 +391,17 @@ def write_checkpoint(out_dir: str | Path, cfg: TinyConfig | None = None, quant: 
             total += v.numel() * v.element_size()
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (out / "config.json").write_text(json.dumps(cfg.hf_config(quant, tokenizer), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     gen_cfg = {"_from_model_config": True, "bos_token_id": 0, "eos_token_id": 1,
                "do_sample": True, "temperature": 0.6, "top_p": 0.95}
     (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
-    write_tokenizer(out, tokenizer)
     return out
 
 
 def read_state_dict(path: str | Path, dequantize: bool = True) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors by the index; with `dequantize`, fp8 weights come back
-    as fp32 (scale tensors folded in and dropped) and everything else as fp32 too."""
+    """Load a checkpoint's tensors by the index; with `dequantize`, fp8 and packed int4
+    weights come back as fp32 (scale tensors folded in and dropped, activation scales
+    dropped) and everything else as fp32 too."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -357,13 +416,14 @@ def read_state_dict(path: str | Path, dequantize: bool = True) -> dict[str, torc
         return tensors
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
-        if name.endswith("_scale_inv"):
+        if name.endswith(("_scale_inv", ".input_scale")):
             continue
-        if t.dtype == torch.float8_e4m3fn:
+        if t.dtype in (torch.float8_e4m3fn, torch.int8):
             sname = name.removesuffix("weight") + "weight_scale_inv"
             if sname not in tensors:
-                raise KeyError(f"{path}: fp8 tensor {name} has no {sname}")
-            out[name] = dequant_block(t, tensors[sname])
+                raise KeyError(f"{path}: quantised tensor {name} has no {sname}")
+            deq = dequant_block if t.dtype == torch.float8_e4m3fn else dequant_int4
+            out[name] = deq(t, tensors[sname])
         else:
             out[name] = t.float()
     return out

@@ -21,16 +21,16 @@ def test_custom_always_cpu_mla_only_when_opted_in(monkeypatch, restore_cpu_mla):
     monkeypatch.delenv("DS_PLUGIN_CPU_MLA", raising=False)
     vllm_cpu_mla = attention_backend_path("CPU_MLA")
     ds_plugin.register()
-    assert attention_backend_path("CUSTOM") == "ds_plugin.attention.mla.DSMLABackend"
+    assert attention_backend_path("CUSTOM") == "ds_plugin.attention.mla_backend.DSMLABackend"
     assert attention_backend_path("CPU_MLA") == vllm_cpu_mla
     monkeypatch.setenv("DS_PLUGIN_CPU_MLA", "1")
     ds_plugin.register()
     ds_plugin.register()  # idempotent: vLLM loads plugins in every process, sometimes twice
-    assert attention_backend_path("CPU_MLA") == "ds_plugin.attention.mla.DSCpuMLABackend"
+    assert attention_backend_path("CPU_MLA") == "ds_plugin.attention.mla_backend.DSCpuMLABackend"
 
 
 def test_backends_declare_what_the_kernels_support():
-    from ds_plugin.attention.mla import DSCpuMLABackend, DSMLABackend, DSMLAImpl
+    from ds_plugin.attention.mla_backend import DSCpuMLABackend, DSMLABackend, DSMLAImpl
 
     # get_name() must be the enum member each class is registered under.
     assert DSMLABackend.get_name() == "CUSTOM" and DSCpuMLABackend.get_name() == "CPU_MLA"

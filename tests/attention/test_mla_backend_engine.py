@@ -2,7 +2,7 @@
 
 Two servers on one tiny peaked checkpoint, both with `--attention-backend CPU_MLA`: one with
 DS_PLUGIN_CPU_MLA=1 (our backend: our metadata builder, our cache write and decode through the
-kernels' torch twins), one without (vLLM's CPU_MLA with its C++ decode). Ours also runs MTP with
+torch adapter), one without (vLLM's CPU_MLA with its C++ decode). Ours also runs MTP with
 two draft tokens, so its decode sees three query tokens per request (causal among them); greedy
 speculative decoding is exact, so the tokens must still match the reference's plain decoding.
 Prompts fill several 16-token pages and the completions cross page boundaries during decode.
@@ -20,6 +20,7 @@ import pytest
 
 from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
 from ds_plugin.testing.server import CPU_DEFAULT_ARGS, VllmServer
+from tests.attention.greedy import compare_until_near_tie, greedy
 
 pytestmark = pytest.mark.engine
 
@@ -30,23 +31,6 @@ PROMPTS = [
 ]
 MAX_TOKENS = 24
 NEAR_TIE = 0.05
-
-
-def _greedy(server: VllmServer) -> list[list[tuple[str, float]]]:
-    """Per prompt: (token, top-1 minus top-2 logprob) for each generated step."""
-    runs = []
-    for prompt in PROMPTS:
-        status, body = server.post("/v1/completions", {
-            "model": server.model, "prompt": prompt, "max_tokens": MAX_TOKENS,
-            "temperature": 0.0, "logprobs": 2, "ignore_eos": True})
-        assert status == 200, body
-        lp = body["choices"][0]["logprobs"]
-        steps = []
-        for token, top in zip(lp["tokens"], lp["top_logprobs"]):
-            vals = sorted(top.values(), reverse=True)
-            steps.append((token, vals[0] - vals[1] if len(vals) > 1 else float("inf")))
-        runs.append(steps)
-    return runs
 
 
 @pytest.fixture(scope="module")
@@ -61,22 +45,16 @@ def test_our_cpu_mla_backend_matches_vllm(peaked_ckpt, tmp_path):
     mtp = {"method": "mtp", "num_speculative_tokens": 2, "attention_backend": "CPU_MLA"}
     with VllmServer(peaked_ckpt, args=[*args, "--speculative-config", json.dumps(mtp)],
                     env={"DS_PLUGIN_CPU_MLA": "1"}, log_path=tmp_path / "ours.log") as ours:
-        got = _greedy(ours)
+        got, _ = greedy(ours, PROMPTS, MAX_TOKENS)
         log = ours.log_text()
     # The engine really ran our classes, not vLLM's CPU_MLA under the same name, and MTP
     # verification reached our decode with 1 + 2 query tokens per request.
-    assert "ds_plugin.attention.mla" in log, log[-3000:]
+    assert "ds_plugin.attention.mla_backend" in log and "decode via torch" in log, log[-3000:]
     assert "3 query tokens per request" in log, log[-3000:]
     with VllmServer(peaked_ckpt, args=args, env={"DS_PLUGIN_CPU_MLA": "0"},
                     log_path=tmp_path / "ref.log") as ref:
-        want = _greedy(ref)
-        assert "ds_plugin.attention.mla" not in ref.log_text()
-    compared = 0
-    for ours_steps, ref_steps in zip(got, want):
-        for (tok, _), (ref_tok, gap) in zip(ours_steps, ref_steps):
-            if gap < NEAR_TIE:
-                break
-            assert tok == ref_tok, (ours_steps, ref_steps)
-            compared += 1
+        want, _ = greedy(ref, PROMPTS, MAX_TOKENS)
+        assert "ds_plugin.attention.mla_backend" not in ref.log_text()
+    compared = compare_until_near_tie(got, want, NEAR_TIE)
     # Most steps must be decisive, or the test would prove nothing.
     assert compared >= MAX_TOKENS * len(PROMPTS) // 2, (got, want)

@@ -26,6 +26,11 @@ def _kernels():
     return found
 
 
+def _is_gluon(fn) -> bool:
+    # Gluon kernels (fp8_moe_ws) have no interpreter: CPU runs never launch them.
+    return type(fn).__module__.startswith("triton.experimental.gluon")
+
+
 def test_kernels_run_compiled_on_cuda_interpreted_on_cpu():
     kernels = _kernels()
     assert len(kernels) >= 8, sorted(kernels)
@@ -34,4 +39,5 @@ def test_kernels_run_compiled_on_cuda_interpreted_on_cpu():
         assert not triton.knobs.runtime.interpret, "TRITON_INTERPRET is set on a CUDA machine"
         assert interpreted == [], f"interpreted on CUDA: {interpreted}"
     else:
-        assert interpreted == sorted(kernels), "CPU run without the Triton interpreter"
+        triton_kernels = sorted(k for k, fn in kernels.items() if not _is_gluon(fn))
+        assert interpreted == triton_kernels, "CPU run without the Triton interpreter"

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+import triton
 
 from ds_plugin.kernels.mla_decode import mla_decode, mla_decode_num_splits
 from ds_plugin.kernels.mla_kv_cache import mla_kv_cache_write
@@ -21,9 +22,13 @@ from ds_plugin.kernels.ref_mla import (absorb_query, ref_mla_decode, ref_mla_nai
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-# A fixed config keeps compiles few (each costs GPU time); every autotune config is swept by
-# test_every_config_real_size_128_heads, and the autotuned path by test_autotuned_path.
-CONFIG = {"BLOCK_H": 16, "BLOCK_N": 32, "num_warps": 8} if CUDA else {"BLOCK_H": 16, "BLOCK_N": 16}
+# Fixed configs keep compiles few (each costs GPU time). On CUDA: the shipped tiles of each cache
+# dtype (16-row members of the autotune spaces); every autotune config is run by
+# test_every_shipped_config_real_size_128_heads and the autotuned path by test_autotuned_path.
+CONFIG = ({"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 5} if CUDA
+          else {"BLOCK_H": 16, "BLOCK_N": 16})
+CONFIG_FP8 = ({"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2} if CUDA
+              else {"BLOCK_H": 16, "BLOCK_N": 16})
 SMALL = dict(rank=64, rope=16, heads=8)  # s_q 3 -> 24 rows: two head blocks of 16
 REAL = dict(rank=512, rope=64, heads=16)
 
@@ -60,19 +65,21 @@ def _check(out, lse, ref_out, ref_lse, vmax):
     torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-5, atol=1e-5)
 
 
-CASES = [  # (seq_lens, s_q)
-    ([0, 1, 2], 1),
-    ([16, 17, 15, 64, 65, 1], 1),  # page boundaries for pages of 16 and 64
-    ([33, 5, 0, 70], 2),  # MTP verification: causal within the new tokens
-    ([2, 40, 19], 3),  # s_q > seq_len for the first: rows before the cache start see nothing
+# (seq_lens, s_q, page, split counts). Lengths 0/1, ragged, page boundaries for pages of 16 and
+# 64 and partial last pages; s_q 3 is MTP verification (causal within the new tokens, and s_q >
+# seq_len: rows before the cache start see nothing). BLOCK_N 64 tiles one page of 64 (one
+# block-table load per tile) but spans four pages of 16 (one load per row). One split writes
+# the output directly, more go through the merge.
+CASES = [
+    ([0, 1, 2, 16, 17, 15, 64, 65, 130], 1, 64, (1, 3)),
+    ([0, 1, 2, 16, 17, 15, 64, 65, 130], 1, 16, (3,)),
+    ([2, 40, 19, 0, 70], 3, 16, (1, 3)),
 ]
 
 
-@pytest.mark.parametrize("page", [16, 64])
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-@pytest.mark.parametrize("seq_lens,s_q", CASES)
-@pytest.mark.parametrize("num_splits", [1, 3])
-def test_decode_matches_dense_reference(page, fp8, seq_lens, s_q, num_splits):
+@pytest.mark.parametrize("seq_lens,s_q,page,splits", CASES, ids=["sq1-page64", "sq1-page16", "sq3-page16"])
+def test_decode_matches_dense_reference(page, fp8, seq_lens, s_q, splits):
     dims = REAL if CUDA else SMALL
     rank, rope, heads = dims["rank"], dims["rope"], dims["heads"]
     gen = torch.Generator().manual_seed(sum(seq_lens) * 7 + s_q + page)
@@ -82,24 +89,84 @@ def test_decode_matches_dense_reference(page, fp8, seq_lens, s_q, num_splits):
     q = torch.randn(len(seq_lens), s_q, heads, rank + rope, generator=gen).to(torch.bfloat16).to(DEVICE)
     seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     scale = (rank + rope) ** -0.5
-    out, lse = mla_decode(q, cache, table, seq, scale, rank, k_scale=k_scale,
-                          num_splits=num_splits, config=CONFIG)
     ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, scale, rank, k_scale)
+    for num_splits in splits:
+        out, lse = mla_decode(q, cache, table, seq, scale, rank, k_scale=k_scale,
+                              num_splits=num_splits, config=CONFIG_FP8 if fp8 else CONFIG)
+        _check(out, lse, ref_out, ref_lse, 5.0)
+
+
+# The opt-in tile paths (the shipped ones run above): e4m3 read as int32 words and converted by
+# the hardware pair converter (FP8_CVT 4, inline PTX; under the interpreter the kernel runs the
+# integer-op converter 2 on the same words instead), with one block-table load per tile or per
+# row (pages smaller than the tile); TMA (full tiles through device-side tensor descriptors,
+# scratch from triton's allocator hook).
+LOAD_PATHS = [pytest.param(False, dict(TMA=True), id="bf16-tma"),
+              pytest.param(True, dict(PAGED_TILE=True, FP8_CVT=4), id="fp8-tile-words"),
+              pytest.param(True, dict(PAGED_TILE=False, FP8_CVT=4), id="fp8-rows-words"),
+              pytest.param(True, dict(PAGED_TILE=True, FP8_CVT=4, TMA=True), id="fp8-tma-words")]
+
+
+@pytest.mark.parametrize("fp8,path", LOAD_PATHS)
+def test_every_load_path(fp8, path):
+    if path.get("TMA"):
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=DEVICE))
+    dims = REAL if CUDA else SMALL
+    rank, rope, heads = dims["rank"], dims["rope"], dims["heads"]
+    gen = torch.Generator().manual_seed(29)
+    seq_lens, s_q = [70, 1, 33, 0], 2
+    k_scale = torch.tensor([0.03], device=DEVICE) if fp8 else None
+    cache, table, _ = _fill_cache(seq_lens, 64, rank, rope,
+                                  torch.float8_e4m3fn if fp8 else torch.bfloat16, gen, k_scale)
+    q = torch.randn(len(seq_lens), s_q, heads, rank + rope, generator=gen).to(torch.bfloat16).to(DEVICE)
+    seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, 0.1, rank, k_scale)
+    out, lse = mla_decode(q, cache, table, seq, 0.1, rank, k_scale=k_scale, num_splits=2,
+                          config=dict(CONFIG, **path))
     _check(out, lse, ref_out, ref_lse, 5.0)
 
 
-def test_autotuned_path():
+# Triton's cast (the default) and the word converter: inline PTX on CUDA, integer ops under the
+# interpreter (which runs no PTX).
+@pytest.mark.parametrize("cvt", [0, 4 if CUDA else 2])
+def test_every_e4m3_code_decodes_exactly(cvt):
+    # One cached token per sequence: softmax weight exactly 1, so out = the dequantised latent,
+    # and every finite e4m3 value (254 codes, subnormals included) is exact in bf16: bitwise.
+    rank, rope = (REAL if CUDA else SMALL)["rank"], (REAL if CUDA else SMALL)["rope"]
+    codes = torch.arange(256, dtype=torch.int32)
+    codes = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)  # drop the two NaN codes
+    batch = -(-codes.numel() // rank)
+    latent = codes.repeat(batch * rank // codes.numel() + 1)[:batch * rank].view(batch, rank)
+    rows = torch.cat([latent, torch.zeros(batch, rope, dtype=torch.uint8)], dim=1)
+    cache = rows.view(batch, 1, rank + rope).to(DEVICE)
+    k_scale = torch.tensor([1.0], device=DEVICE)
+    table = torch.arange(batch, dtype=torch.int32, device=DEVICE)[:, None]
+    seq = torch.ones(batch, dtype=torch.int32, device=DEVICE)
+    q = torch.zeros(batch, 1, 2, rank + rope, dtype=torch.bfloat16, device=DEVICE)
+    out, _ = mla_decode(q, cache, table, seq, 0.1, rank, k_scale=k_scale,
+                        config=dict(CONFIG, BLOCK_N=16, PAGED_TILE=False, FP8_CVT=cvt))
+    want = cache.view(torch.float8_e4m3fn)[:, 0, :rank].float()
+    assert torch.equal(out[:, 0, 0].float(), want) and torch.equal(out[:, 0, 1].float(), want)
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_autotuned_path(fp8):
+    # The shapes of the first dense case, so on CUDA the autotuner's configs that the fixed-config
+    # tests already compiled come from Triton's cache. config=None autotunes on CUDA; the
+    # interpreter is far too slow to autotune, so it runs the tile the autotuner keeps there.
+    dims = REAL if CUDA else SMALL
+    rank, rope, heads = dims["rank"], dims["rope"], dims["heads"]
+    seq_lens = CASES[0][0]
     gen = torch.Generator().manual_seed(23)
-    seq_lens = [0, 1, 31, 64, 200]
-    cache, table, _ = _fill_cache(seq_lens, 16, 64, 16, torch.bfloat16, gen)
+    k_scale = torch.tensor([0.02], device=DEVICE) if fp8 else None
+    cache, table, _ = _fill_cache(seq_lens, 64, rank, rope,
+                                  torch.float8_e4m3fn if fp8 else torch.bfloat16, gen, k_scale)
     seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    q = torch.randn(5, 2, 8, 80, generator=gen).to(torch.bfloat16).to(DEVICE)
-    ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, 0.1, 64)
-    for splits in (1, 2):
-        # config=None autotunes on CUDA; the interpreter is far too slow to autotune, so it
-        # runs the first config the autotuner would keep for 16 rows.
-        out, lse = mla_decode(q, cache, table, seq, 0.1, 64, num_splits=splits,
-                              config=None if CUDA else {"BLOCK_H": 16, "BLOCK_N": 32})
+    q = torch.randn(len(seq_lens), 1, heads, rank + rope, generator=gen).to(torch.bfloat16).to(DEVICE)
+    ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, 0.1, rank, k_scale)
+    for splits in (1, 3):
+        out, lse = mla_decode(q, cache, table, seq, 0.1, rank, k_scale=k_scale, num_splits=splits,
+                              config=None if CUDA else {"BLOCK_H": 16, "BLOCK_N": 16})
         _check(out, lse, ref_out, ref_lse, 5.0)
 
 
@@ -157,12 +224,17 @@ def test_bad_input_names_the_culprit():
         mla_decode(q, cache, table, seq.repeat(2), 0.1, 64)
     with pytest.raises(ValueError, match="workspace"):
         mla_decode(q, cache, table, seq, 0.1, 64, num_splits=2, workspace=torch.empty(3, device=DEVICE))
+    with pytest.raises(ValueError, match="BLOCK_N"):
+        mla_decode(q, cache, table, seq, 0.1, 64, config={"BLOCK_H": 16})
+    with pytest.raises(ValueError, match="TMA"):
+        mla_decode(q, cache.to(torch.float8_e4m3fn), table, seq, 0.1, 64, k_scale=torch.ones(1, device=DEVICE),
+                   config={"BLOCK_H": 16, "BLOCK_N": 16, "TMA": True, "FP8_CVT": 0})
 
 
-@pytest.mark.skipif(not CUDA, reason="real-size sweep of every autotune config needs CUDA")
+@pytest.mark.skipif(not CUDA, reason="real-size run of every autotune config needs CUDA")
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_every_config_real_size_128_heads(fp8):
-    from ds_plugin.kernels.mla_decode import _CONFIGS
+def test_every_shipped_config_real_size_128_heads(fp8):
+    from ds_plugin.kernels.mla_decode import _BF16_CONFIGS, _FP8_CONFIGS
 
     gen = torch.Generator().manual_seed(17)
     seq_lens, s_q = [1, 100, 1000, 4097], 2
@@ -172,9 +244,9 @@ def test_every_config_real_size_128_heads(fp8):
     q = torch.randn(4, s_q, 128, 576, generator=gen).to(torch.bfloat16).to(DEVICE)
     seq = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     ref_out, ref_lse = ref_mla_decode(q, cache, table, seq, 576**-0.5, 512, k_scale)
-    for cfg in _CONFIGS:
-        for splits in (1, 5):
-            config = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            out, lse = mla_decode(q, cache, table, seq, 576**-0.5, 512, k_scale=k_scale,
-                                  num_splits=splits, config=config)
-            _check(out, lse, ref_out, ref_lse, 5.0)
+    for cfg in _FP8_CONFIGS if fp8 else _BF16_CONFIGS:
+        # Split: the 128-head launches of real batches (the direct store is covered above).
+        config = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        out, lse = mla_decode(q, cache, table, seq, 576**-0.5, 512, k_scale=k_scale,
+                              num_splits=5, config=config)
+        _check(out, lse, ref_out, ref_lse, 5.0)

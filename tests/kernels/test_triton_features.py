@@ -33,7 +33,7 @@ def test_import_fails_loudly_without_a_feature():
     assert r.returncode != 0 and "imported" not in r.stdout, r.stdout
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("ds_plugin.kernels.triton_features.TritonFeatureError: "), r.stderr
-    assert f"installed Triton {triton.__version__} lacks: tl.sort (used by fp8_moe)" in last
+    assert f"installed Triton {triton.__version__} lacks: tl.sort (used by fp8_moe, fp8_moe_prefill)" in last
 
 
 def test_check_names_every_missing_feature():
