@@ -28,11 +28,12 @@ def token_prompts() -> list[list[int]]:
     return [prompt_ids(tok, text) for text in KNOWN + UNKNOWN]
 
 
-def run(request: dict, workdir: Path, env: dict | None = None, timeout: int = 900) -> dict:
-    """One engine start in a subprocess (see mtp_runner.py); returns its saved results."""
-    name = request.get("tag", "run")
+def run(runs: list[dict], workdir: Path, env: dict | None = None, timeout: int = 1800) -> dict:
+    """The engines of `runs`, one after another in one child process (see mtp_runner.py);
+    returns {tag: results}."""
+    name = "runs"
     req_path, out_path = workdir / f"{name}.json", workdir / f"{name}.pt"
-    req_path.write_text(json.dumps(request))
+    req_path.write_text(json.dumps({"runs": runs}))
     proc = subprocess.run([sys.executable, str(RUNNER), str(req_path), str(out_path)],
                           env=child_env(env), capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
