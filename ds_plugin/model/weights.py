@@ -52,7 +52,7 @@ def checkpoint_plan(model: nn.Module, cfg: DSConfig) -> dict[str, list[Target]]:
         num_redundant_experts=getattr(model, "num_redundant_experts", 0))
     plan: dict[str, list[Target]] = {}
     for name, param in model.named_parameters():
-        if _NOT_IN_CHECKPOINT.search(name) and not _self_checked(param):
+        if _NOT_IN_CHECKPOINT.search(name) and not self_checked(param):
             continue
         if ".experts.routed_experts." in name:
             for param_part, ckpt_part, expert, shard in mapping:
@@ -128,7 +128,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
         if targets is None:
             raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}) has no "
                              "place in DeepseekV3ForCausalLM for this config")
-        want = None if _self_checked(params[targets[0].param]) else expected_shape(name, cfg, block)
+        want = None if self_checked(params[targets[0].param]) else expected_shape(name, cfg, block)
         if want is not None and tuple(tensor.shape) != want:
             raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                              f"expected {want} from config.json")
@@ -162,7 +162,7 @@ def load_tensor(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str)
                          f"{tuple(param.shape)}, {param.dtype}): {err}") from err
 
 
-def _self_checked(param: nn.Parameter) -> bool:
+def self_checked(param: nn.Parameter) -> bool:
     # A quant method marks parameters whose loader checks the checkpoint tensor itself (a
     # packed layout the bf16 shape table does not describe) and which the checkpoint must
     # carry even where the name looks optional (W4AFP8's static input scales).

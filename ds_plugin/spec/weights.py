@@ -25,7 +25,7 @@ from torch import nn
 
 from ds_plugin.model.config import DSConfig
 from ds_plugin.model.weights import (Target, checkpoint_plan, expected_shape, load_tensor,
-                                     weight_block)
+                                     self_checked, weight_block)
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 # The release's per-layer copies of the target's embedding and head.
@@ -66,16 +66,20 @@ def load_mtp_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Ten
             raise ValueError(f"checkpoint tensor {name!r} belongs to MTP layer {index}, but "
                              f"config.json has num_nextn_predict_layers={count} (MTP layers "
                              f"{first}..{first + count - 1})")
-        want = mtp_shape(rest, cfg) or expected_shape(name, cfg, block)
+        if rest in _SHARED:
+            want = mtp_shape(rest, cfg)
+        else:
+            targets = plan.get(name)
+            if targets is None:
+                raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}) "
+                                 "has no place in the DeepSeek MTP draft for this config")
+            want = (None if self_checked(params[targets[0].param])
+                    else mtp_shape(rest, cfg) or expected_shape(name, cfg, block))
         if want is not None and tuple(tensor.shape) != want:
             raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                              f"expected {want} from config.json")
         if rest in _SHARED:
             continue  # vLLM serves the target's copy
-        targets = plan.get(name)
-        if targets is None:
-            raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}) has no "
-                             "place in the DeepSeek MTP draft for this config")
         seen.add(name)
         for t in targets:
             if load_tensor(params[t.param], tensor, t, name):
