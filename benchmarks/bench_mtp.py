@@ -4,9 +4,10 @@ with and without it, through the real engine.
     python benchmarks/bench_mtp.py [--ks 1 2 3] [--batch 4] [--tokens 96] [--quant bf16]
 
 Serves the trained tiny checkpoint (ds_plugin.testing.train_tiny; trained and cached on the
-first call), compiled as vLLM serves by default. One engine per row, each in a child process:
-no MTP, then for each k our draft and vLLM's in-tree draft (the same target, vLLM's
-DeepSeekMTP class put back for the draft architecture with model_class_overrides). Per row:
+first call), compiled as vLLM serves by default. One engine per row, one after another in one
+child process: no MTP, then for each k our draft, then for each k vLLM's in-tree draft (the
+same target, vLLM's DeepSeekMTP class put back for the draft architecture with
+model_class_overrides; last, as the override stays in the process's registry). Per row:
 
 - acceptance rate (accepted / drafted tokens) and mean accepted length (1 + accepted /
   drafts, the bonus token counted as vLLM logs it), from vLLM's own spec-decode counters
@@ -22,6 +23,7 @@ decode step, on two CPU cores it costs more, so the speed-up here understates a 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -57,25 +59,21 @@ def _delta(after: dict, before: dict) -> dict:
             "drafts": drafts}
 
 
-def _child(args: argparse.Namespace) -> None:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    from ds_plugin.testing.train_tiny import load_tokenizer, prompt_ids
-
-    tok = load_tokenizer()
+def _row(args: argparse.Namespace, k: int, draft: str, api) -> dict:
+    LLM, SamplingParams, TokensPrompt, tok, prompt_ids = api
     ids = lambda texts: [TokensPrompt(prompt_token_ids=prompt_ids(tok, t)) for t in texts]  # noqa: E731
     engine = {}
-    if args.k:
-        engine["speculative_config"] = {"method": "mtp", "num_speculative_tokens": args.k}
-    if args.draft == "in_tree":
+    if k:
+        engine["speculative_config"] = {"method": "mtp", "num_speculative_tokens": k}
+    if draft == "in_tree":
         engine["model_class_overrides"] = IN_TREE
+    t_start = time.perf_counter()
     llm = LLM(model=args.ckpt, dtype="bfloat16", max_model_len=1024, max_num_seqs=8, seed=0,
               gpu_memory_utilization=0.15, skip_tokenizer_init=True, disable_log_stats=False,
               **engine)
     greedy = lambda n, eos: SamplingParams(max_tokens=n, temperature=0, ignore_eos=eos)  # noqa: E731
     llm.generate(ids(KNOWN[:1]), greedy(8, True), use_tqdm=False)  # warm-up
-    result = {}
+    result: dict = {}
     for label, texts, n, ignore_eos in (
             ("known", KNOWN, 64, False), ("unknown", UNKNOWN, 48, False)):
         before = _counters(llm)
@@ -93,21 +91,41 @@ def _child(args: argparse.Namespace) -> None:
         total_s = time.perf_counter() - t0
         generated = sum(len(o.outputs[0].token_ids) for o in outs)
         result[label] = (generated - len(prompts)) / max(total_s - prefill_s, 1e-9)
-    print("RESULT " + json.dumps(result), flush=True)
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+    result["wall_s"] = time.perf_counter() - t_start
+    return result
 
 
-def _run(args: argparse.Namespace, k: int, draft: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--ckpt", args.ckpt, "--k", str(k),
-           "--draft", draft, "--batch", str(args.batch), "--tokens", str(args.tokens)]
+def _child(args: argparse.Namespace) -> None:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from ds_plugin.testing.train_tiny import load_tokenizer, prompt_ids
+
+    api = (LLM, SamplingParams, TokensPrompt, load_tokenizer(), prompt_ids)
+    for row in json.loads(args.rows):
+        result = _row(args, row[0], row[1], api)
+        print("RESULT " + json.dumps([row, result]), flush=True)
+
+
+def _run(args: argparse.Namespace, rows: list[tuple[int, str]]) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--ckpt", args.ckpt, "--rows", json.dumps(rows),
+           "--batch", str(args.batch), "--tokens", str(args.tokens)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     env.pop("TRITON_INTERPRET", None)
-    t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return {**json.loads(line[len("RESULT "):]), "wall_s": time.perf_counter() - t0}
-    raise RuntimeError(f"k={k} {draft} failed:\n{proc.stderr[-4000:]}")
+            (k, draft), result = json.loads(line[len("RESULT "):])
+            results[k, draft] = result
+    if len(results) != len(rows):
+        raise RuntimeError(f"bench child failed after {len(results)} rows:\n"
+                           f"{proc.stderr[-4000:]}")
+    return results
 
 
 def main() -> None:
@@ -119,8 +137,7 @@ def main() -> None:
     ap.add_argument("--no-in-tree", action="store_true", help="skip vLLM's draft rows")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
-    ap.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--draft", default="ours", help=argparse.SUPPRESS)
+    ap.add_argument("--rows", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(args)
@@ -129,9 +146,9 @@ def main() -> None:
     from ds_plugin.testing.train_tiny import trained_checkpoint
 
     args.ckpt = str(trained_checkpoint(args.quant))
-    rows = [(0, "none")] + [(k, d) for k in args.ks
-                            for d in (("ours",) if args.no_in_tree else ("ours", "in_tree"))]
-    results = {(k, d): _run(args, k, d) for k, d in rows}
+    rows = ([(0, "none")] + [(k, "ours") for k in args.ks]
+            + ([] if args.no_in_tree else [(k, "in_tree") for k in args.ks]))
+    results = _run(args, rows)
     base = results[0, "none"]
     b = f"b{args.batch}"
     print(f"checkpoint {args.ckpt} ({args.quant}), decode of {args.tokens} tokens; "
