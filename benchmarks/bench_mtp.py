@@ -12,7 +12,7 @@ model_class_overrides; last, as the override stays in the process's registry). P
 - acceptance rate (accepted / drafted tokens) and mean accepted length (1 + accepted /
   drafts, the bonus token counted as vLLM logs it), from vLLM's own spec-decode counters
   (LLM.get_metrics, the numbers /metrics exports), on two prompt sets: dialogues the model
-  knows (it answers them word for word) and prompts it does not (it writes text of its own,
+  it was trained on (it writes them, or text close to them) and prompts it does not (it writes text of its own,
   which the draft must predict from the model's hidden state alone);
 - decode tokens/s at batch 1 and at --batch, and the ratio to the no-MTP row.
 
