@@ -40,21 +40,11 @@ def _serve(ns: argparse.Namespace, extra: list[str]) -> int:
 def _demo(ns: argparse.Namespace) -> int:
     from ds_plugin.testing.checkpoint import TinyConfig, write_checkpoint
     from ds_plugin.testing.server import CPU_DEFAULT_ARGS, ServerError, VllmServer
-    from ds_plugin.testing.train_tiny import write_trained_checkpoint
 
     work = Path(ns.workdir or tempfile.mkdtemp(prefix="ds-plugin-demo-"))
     ckpt = work / "tiny-deepseek-v3"
-    # The trained checkpoint writes the dialogues it learnt (V3 tokenizer only: its ids);
-    # the first call trains it (minutes on 2 cores), later ones read the cache.
-    trained = not ns.random_weights and ns.tokenizer == "deepseek-v3"
-    print(f"[demo] writing a tiny {'trained' if trained else 'random'} DeepSeek-V3-format "
-          f"checkpoint to {ckpt}", flush=True)
-    if trained:
-        write_trained_checkpoint(ckpt, quant=ns.quant,
-                                 log=lambda line: print(f"[demo] {line}", flush=True))
-    else:
-        write_checkpoint(ckpt, TinyConfig(logit_peak=2.0), quant=ns.quant,
-                         tokenizer=ns.tokenizer)
+    print(f"[demo] writing a tiny DeepSeek-V3-format checkpoint to {ckpt}", flush=True)
+    write_checkpoint(ckpt, TinyConfig(logit_peak=2.0), quant=ns.quant, tokenizer=ns.tokenizer)
     print("[demo] starting the vLLM OpenAI server with ds-plugin loaded "
           "(a few minutes on a 2-core CPU)", flush=True)
     try:
@@ -71,9 +61,7 @@ def _demo(ns: argparse.Namespace) -> int:
             print(f"[demo] prompt : {ns.prompt}")
             print(f"[demo] answer : {answer!r}")
             print(f"[demo] usage  : {body['usage']}")
-            if not trained:
-                print("[demo] (random tiny weights: the answer is real model output, "
-                      "not language)")
+            print("[demo] (random tiny weights: the answer is real model output, not language)")
     except ServerError as e:
         print(f"[demo] {e}", file=sys.stderr)
         return 1
@@ -115,10 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--workdir")
     d.add_argument("--quant", choices=["bf16", "fp8"], default="bf16")
     d.add_argument("--tokenizer", default="deepseek-v3")
-    d.add_argument("--prompt", default="Hello")
-    d.add_argument("--max-tokens", type=int, default=40)
-    d.add_argument("--random-weights", action="store_true",
-                   help="serve a random checkpoint instead of the trained one")
+    d.add_argument("--prompt", default="What is the capital of France?")
+    d.add_argument("--max-tokens", type=int, default=24)
     sub.add_parser("check", help="installed vLLM version and plugin discovery")
     ns, extra = p.parse_known_args(argv)
     if ns.cmd == "serve":
