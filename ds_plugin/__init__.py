@@ -12,7 +12,7 @@ import os
 
 __version__ = "0.1.0"
 __all__ = ["register", "PLUGIN_NAME", "MODELS", "TOOL_PARSERS", "REASONING_PARSERS",
-           "QUANT_CONFIGS", "ATTENTION_BACKENDS"]
+           "QUANT_CONFIGS", "ATTENTION_BACKENDS", "CONFIG_CHECKS"]
 
 PLUGIN_NAME = "ds_plugin"
 
@@ -20,6 +20,15 @@ PLUGIN_NAME = "ds_plugin"
 # model code; later issues add rows here and nowhere else.
 MODELS: dict[str, str] = {
     "DeepseekV3ForCausalLM": "ds_plugin.model.deepseek_v3:DeepseekV3ForCausalLM",
+    # The draft vLLM builds for `--speculative-config '{"method": "mtp", ...}'` on a
+    # deepseek_v3 checkpoint (its speculative config renames the architecture to this).
+    "DeepSeekMTPModel": "ds_plugin.spec.mtp:DeepSeekMTP",
+}
+# Config checks vLLM runs for an architecture while it validates flags (before any engine
+# process starts): arch -> (module, class), a VerifyAndUpdateConfig; an in-tree check for
+# the same arch still runs after ours.
+CONFIG_CHECKS: dict[str, tuple[str, str]] = {
+    "DeepseekV3ForCausalLM": ("ds_plugin.spec.startup", "SpeculativeStartupCheck"),
 }
 # Parsers answer to SGLang's names and replace vLLM's in-tree ones of the same format.
 _TOOLS = "ds_plugin.parsers.vllm_tool_parser"
@@ -85,6 +94,8 @@ def register() -> None:
     _vllm.patch_weight_loading()
     for arch, target in MODELS.items():
         _vllm.register_model(arch, target)
+    for arch, (module, cls) in CONFIG_CHECKS.items():
+        _vllm.register_config_check(arch, module, cls)
     for name, (module, cls) in TOOL_PARSERS.items():
         _vllm.register_tool_parser(name, module, cls)
     for name, (module, cls) in REASONING_PARSERS.items():

@@ -7,6 +7,7 @@ concern, so names, types and go-to-definition work in the code that uses them:
     quant      quantization config / method bases and weight parameters
     attention  MLA backend bases and the enums a backend declares itself with
     parsers    tool / reasoning parser bases and the OpenAI protocol types
+    spec       the per-architecture config-check table the speculative startup check joins
 
 Importing one of those modules imports vLLM. This `__init__` does not: it holds the version
 gate and the `register_*` functions (vLLM imported inside each), so `import ds_plugin` works
@@ -103,6 +104,25 @@ def register_model(arch: str, target: str) -> None:
     from vllm import ModelRegistry
 
     ModelRegistry.register_model(arch, target)
+
+
+def register_config_check(arch: str, module: str, cls: str) -> None:
+    """Make `module:cls` (a VerifyAndUpdateConfig) vLLM's config check for `arch`. An
+    in-tree check already there keeps running, after ours."""
+    from ds_plugin._vllm.spec import MODELS_CONFIG_MAP
+
+    ours = _resolve(module, cls)
+    current = MODELS_CONFIG_MAP.get(arch)
+    if current is None or current is ours or getattr(current, "ds_plugin_check", None) is ours:
+        MODELS_CONFIG_MAP[arch] = ours if current is None else current
+        return
+
+    def verify(vllm_config, _inner=current) -> None:
+        ours.verify_and_update_config(vllm_config)
+        _inner.verify_and_update_config(vllm_config)
+
+    MODELS_CONFIG_MAP[arch] = type(ours.__name__, (current,), {
+        "ds_plugin_check": ours, "verify_and_update_config": staticmethod(verify)})
 
 
 def register_tool_parser(name: str, module: str, cls: str) -> None:

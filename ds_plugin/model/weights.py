@@ -8,7 +8,8 @@ the model as follows; everything else keeps its name:
     mlp[.shared_experts].gate_proj / up_proj -> ...gate_up_proj   shards 0 / 1
     mlp.experts.{e}.gate_proj / up_proj      -> mlp.experts.routed_experts.w13_*  (w1 / w3)
     mlp.experts.{e}.down_proj                -> mlp.experts.routed_experts.w2_*
-    model.layers.{num_hidden_layers + j}.*   -> skipped: the MTP module is a separate model
+    model.layers.{num_hidden_layers + j}.*   -> skipped: the MTP layer is the draft model's
+                                             (ds_plugin.spec, same plan and shapes)
 
 The plan is built from the model's own parameters, so every parameter that must come from
 the checkpoint has an expected tensor name, and (for weights and scales) an expected full
@@ -117,7 +118,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     parameter names loaded, as vLLM's loader expects."""
     cfg: DSConfig = model.cfg
     plan = checkpoint_plan(model, cfg)
-    block = _weight_block(getattr(model, "quant_config", None))
+    block = weight_block(getattr(model, "quant_config", None))
     params = dict(model.named_parameters())
     foreign = _foreign_layout_params(model)
     seen: set[str] = set()
@@ -132,14 +133,14 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
         if targets is None:
             raise ValueError(f"checkpoint tensor {name!r} (shape {tuple(tensor.shape)}) has no "
                              "place in DeepseekV3ForCausalLM for this config")
-        unchecked = _self_checked(params[targets[0].param]) or targets[0].param in foreign
+        unchecked = self_checked(params[targets[0].param]) or targets[0].param in foreign
         want = None if unchecked else expected_shape(name, cfg, block)
         if want is not None and tuple(tensor.shape) != want:
             raise ValueError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                              f"expected {want} from config.json")
         seen.add(name)
         for t in targets:
-            if _load_one(params[t.param], tensor, t, name):
+            if load_tensor(params[t.param], tensor, t, name):
                 loaded.add(t.param)
     missing = sorted(n for n in set(plan) - seen if not _OPTIONAL.search(n))
     if missing:
@@ -149,7 +150,7 @@ def load_checkpoint(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]
     return loaded
 
 
-def _load_one(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -> bool:
+def load_tensor(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -> bool:
     loader = getattr(param, "weight_loader", default_weight_loader)
     try:
         if t.expert is not None:
@@ -167,7 +168,7 @@ def _load_one(param: nn.Parameter, tensor: torch.Tensor, t: Target, name: str) -
                          f"{tuple(param.shape)}, {param.dtype}): {err}") from err
 
 
-def _self_checked(param: nn.Parameter) -> bool:
+def self_checked(param: nn.Parameter) -> bool:
     # A quant method marks parameters whose loader checks the checkpoint tensor itself (a
     # packed layout the bf16 shape table does not describe) and which the checkpoint must
     # carry even where the name looks optional (W4AFP8's static input scales).
@@ -188,7 +189,7 @@ def _foreign_layout_params(model: nn.Module) -> set[str]:
     return out
 
 
-def _weight_block(quant_config) -> tuple[int, int] | None:
+def weight_block(quant_config) -> tuple[int, int] | None:
     block = getattr(quant_config, "weight_block_size", None)
     return tuple(block) if block else None
 

@@ -28,7 +28,7 @@ weights are first snapped to small integers times a power of two per tensor
 (int8_format.snap_to_int_grid) and quantized with power-of-two scales, so both INT8 layouts
 hold exactly the same values and `write_bf16_twin` of either gives one exact bf16 twin.
 
-Everything is a pure function of (config, quant, tokenizer, seed).
+Everything is a pure function of (config, quant, tokenizer, seed), or of given weights.
 """
 
 from __future__ import annotations
@@ -280,12 +280,24 @@ def make_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16",
-                       seed: int = 0) -> dict[str, torch.Tensor]:
-    """The tensors exactly as stored: names, dtypes and (for fp8) scale tensors."""
-    kinds = {name: kind for name, _, kind in tensor_specs(cfg)}
+def checkpoint_tensors(cfg: TinyConfig, quant: str = "bf16", seed: int = 0,
+                       weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors exactly as stored: names, dtypes and (for fp8) scale tensors.
+
+    `weights` (fp32, every name of tensor_specs(cfg)) replaces the seeded random ones, e.g.
+    a trained model's (ds_plugin.testing.train_tiny)."""
+    specs = tensor_specs(cfg)
+    kinds = {name: kind for name, _, kind in specs}
+    if weights is None:
+        weights = make_weights(cfg, seed)
+    else:
+        want = {name: shape for name, shape, _ in specs}
+        got = {name: tuple(w.shape) for name, w in weights.items()}
+        if got != want:
+            wrong = sorted(n for n in set(want) | set(got) if want.get(n) != got.get(n))
+            raise ValueError(f"weights do not match the config's tensors: {wrong[:5]}")
     stored: dict[str, torch.Tensor] = {}
-    for name, w in make_weights(cfg, seed).items():
+    for name, w in weights.items():
         kind = kinds[name]
         if kind == "bias":
             stored[name] = w.float().contiguous()  # the release keeps the bias in fp32
@@ -356,10 +368,12 @@ def write_tokenizer(out_dir: str | Path, name: str = "deepseek-v3") -> Path:
 
 
 def write_checkpoint(out_dir: str | Path, cfg: TinyConfig | None = None, quant: str = "bf16",
-                     tokenizer: str = "deepseek-v3", seed: int = 0) -> Path:
-    """Write a complete DeepSeek-format checkpoint to `out_dir` and return its path."""
+                     tokenizer: str = "deepseek-v3", seed: int = 0,
+                     weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a complete DeepSeek-format checkpoint to `out_dir` and return its path
+    (random weights from `seed`, or the given fp32 `weights`)."""
     cfg = cfg or TinyConfig()
-    out = _write_files(Path(out_dir), checkpoint_tensors(cfg, quant, seed),
+    out = _write_files(Path(out_dir), checkpoint_tensors(cfg, quant, seed, weights),
                        cfg.hf_config(quant, tokenizer), cfg.n_shards)
     write_tokenizer(out, tokenizer)
     return out
