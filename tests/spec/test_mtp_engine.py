@@ -7,9 +7,13 @@ run one after another in one child process (tests/spec/mtp_runner.py), one start
 every comparison reads these runs. k covers 1..3 on both checkpoints and each checkpoint
 runs on one and two tensor-parallel ranks (pairwise, not the full product, for CI time):
 
-    bf16  TP1  off | k=1 | k=3 (proposals recorded)     TP2  k=2
-    fp8   TP1  off | k=2                                TP2  k=1
+    bf16  TP1  off | k=1 | k=3 (proposals recorded)
+    fp8   TP1  off | k=2                                TP2  off | k=1
     bf16  TP1  k=3 vLLM's in-tree draft (proposals recorded; last, it overrides the registry)
+
+Each run with MTP is compared with the run without it on the same checkpoint and the same
+number of ranks: TP=2 sums partials in another order than TP=1, so a TP=1 reference decides
+different near-ties (seen: fp8 TP2 k=1 against fp8 TP1 parted at step 19).
 
 Greedy speculative decoding is exact, so every run with MTP must produce the tokens of the
 run without it, up to the first step the latter decides by a near-tie (its top-2 log-prob
@@ -46,7 +50,7 @@ RUNS = {  # name: (quant, tp, k, draft), in run order
     "bf16-k3": ("bf16", 1, 3, "ours"),
     "fp8-off": ("fp8", 1, 0, None),
     "fp8-k2": ("fp8", 1, 2, "ours"),
-    "bf16-tp2-k2": ("bf16", 2, 2, "ours"),
+    "fp8-tp2-off": ("fp8", 2, 0, None),
     "fp8-tp2-k1": ("fp8", 2, 1, "ours"),
     "bf16-k3-in-tree": ("bf16", 1, 3, "in_tree"),
 }
@@ -95,7 +99,7 @@ def _decided(off: dict, i: int) -> int:
 
 
 def test_engine_builds_our_draft_on_our_target(served):
-    for name in ("bf16-k1", "fp8-k2", "bf16-tp2-k2", "fp8-tp2-k1"):
+    for name in ("bf16-k1", "fp8-k2", "fp8-tp2-k1"):
         classes = served(name)["classes"]
         assert classes == [{"target": OURS_TARGET, "draft": OURS_DRAFT}] * RUNS[name][1], name
     assert served("bf16-k3-in-tree")["classes"] == [{"target": OURS_TARGET,
@@ -104,8 +108,8 @@ def test_engine_builds_our_draft_on_our_target(served):
 
 @pytest.mark.parametrize("name", SPEC_RUNS)
 def test_greedy_with_mtp_equals_without(name, served, record_property):
-    quant = RUNS[name][0]
-    off, on = served(f"{quant}-off"), served(name)
+    quant, tp = RUNS[name][:2]
+    off, on = served(f"{quant}-tp2-off" if tp > 1 else f"{quant}-off"), served(name)
     compared = 0
     for i, (want, got) in enumerate(zip(off["tokens"], on["tokens"])):
         n = _decided(off, i)
@@ -144,7 +148,7 @@ def test_proposals_equal_vllm_in_tree_draft(served, record_property):
 
 def test_acceptance_equals_in_tree_and_meets_floor(served, record_property):
     figures = {}
-    for name in ("bf16-k1", "bf16-tp2-k2", "bf16-k3", "bf16-k3-in-tree"):
+    for name in ("bf16-k1", "fp8-k2", "bf16-k3", "bf16-k3-in-tree"):
         figures[name] = P.acceptance(served(name)["spec"])
     record_property("acceptance", figures)
     for name, f in figures.items():
@@ -152,5 +156,5 @@ def test_acceptance_equals_in_tree_and_meets_floor(served, record_property):
               f"{f['mean_len']:.3f}, per position {f['per_pos']}")
     ours, theirs = figures["bf16-k3"], figures["bf16-k3-in-tree"]
     assert abs(ours["mean_len"] - theirs["mean_len"]) <= 0.05 * theirs["mean_len"]
-    for k, name in ((1, "bf16-k1"), (2, "bf16-tp2-k2"), (3, "bf16-k3")):
+    for k, name in ((1, "bf16-k1"), (2, "fp8-k2"), (3, "bf16-k3")):
         assert figures[name]["mean_len"] >= FLOOR[k], (name, figures[name])
