@@ -65,6 +65,7 @@ def test_engine_death_exits_non_zero(tiny_ckpt, tmp_path):
     argv = vllm_argv(["--from-sglang", sglang])[0]
     assert out.read_text().splitlines()[0] == shlex.join(["vllm", "serve", *argv])
     assert argv[:1] == [str(tiny_ckpt)] and "--gpu-memory-utilization" in argv
-    last = err.read_text().strip().splitlines()[-1]
-    assert last == (f"ds-plugin serve: vLLM stopped on its own with status 0: its engine core "
-                    f"(pid {cores[0]}) died; exiting with status {ENGINE_DIED}")
+    # Our last word; Python's resource tracker (a child sharing stderr) may warn after it.
+    ours = [ln for ln in err.read_text().splitlines() if ln.startswith("ds-plugin serve:")]
+    assert ours[-1:] == [f"ds-plugin serve: vLLM stopped on its own with status 0: its engine "
+                         f"core (pid {cores[0]}) died; exiting with status {ENGINE_DIED}"]
