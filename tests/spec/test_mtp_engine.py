@@ -29,7 +29,7 @@ import pytest
 from ds_plugin.testing import train_tiny
 from tests.spec import common as P
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, P.MTP_ENGINE_TESTS]
 
 OURS_DRAFT = "ds_plugin.spec.mtp.DeepSeekMTP"
 IN_TREE_DRAFT = "vllm.model_executor.models.deepseek_mtp.DeepSeekMTP"

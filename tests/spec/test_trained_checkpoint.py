@@ -13,6 +13,9 @@ import pytest
 import torch
 
 from ds_plugin.testing import tiny_corpus, tiny_lm, train_tiny
+from tests.spec.common import MTP_ENGINE_TESTS
+
+pytestmark = MTP_ENGINE_TESTS  # it trains the checkpoint (~8 min on a clean machine)
 
 
 @pytest.fixture(scope="module")
