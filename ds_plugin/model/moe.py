@@ -49,6 +49,12 @@ class DeepseekV3MoE(nn.Module):
         # Router weights stay unquantized in every DeepSeek release (the gate is bf16 even in
         # the FP8 checkpoints); GateLinear leaves them so whatever quant_config is active.
         self.gate = GateLinear(cfg.hidden_size, cfg.n_routed_experts, prefix=f"{prefix}.gate")
+        # CPU: keep the router GEMM a plain F.linear. vLLM would otherwise give it oneDNN's
+        # out-parameter kernel (AVX-512 CPUs: torch.empty, then an opaque op writes it), and
+        # Inductor (torch 2.13) schedules the traced routing's read of that buffer before
+        # the write: NaN top-k weights, wrong tokens in the default compiled mode (issue 10;
+        # tests/quant/test_fp8_engine.py forces that kernel's shape on any CPU).
+        self.gate._cpu_skip_gemm_dispatch = True
         # Per-expert load-balancing bias, fp32 as released; a selection-only offset.
         self.gate.e_score_correction_bias = nn.Parameter(
             torch.empty(cfg.n_routed_experts, dtype=torch.float32), requires_grad=False)

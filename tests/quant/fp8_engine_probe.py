@@ -121,7 +121,10 @@ def finite(gen) -> bool:
 
 def main():
     ckpt_dir, out_path = sys.argv[1], sys.argv[2]
+    from tests.helpers.onednn_gemm import install
     from tests.helpers.vllm_api import LLM, SamplingParams
+
+    gemm = install()  # the router GEMM as AVX-512 CPUs run it (issue 10), on any CPU
 
     # vLLM's default mode (torch.compile), as `vllm serve` runs it.
     llm = LLM(model=ckpt_dir, max_model_len=512, gpu_memory_utilization=0.3, seed=0)
@@ -133,7 +136,7 @@ def main():
     top_k = llm.llm_engine.model_config.hf_config.num_experts_per_tok
     rows = llm.apply_model(lambda m: compare(m, ckpt, top_k))[0]
     tokens = [list(g.outputs[0].token_ids) for g in gens]
-    result = {"quantization": quant, "counts": counts, "rows": rows,
+    result = {"quantization": quant, "counts": counts, "rows": rows, "unquantized_gemm": gemm,
               "compiled": not llm.llm_engine.model_config.enforce_eager,
               "generated": tokens, "identical": len({tuple(t) for t in tokens[:IDENTICAL]}) == 1,
               "logprobs_finite": all(finite(g) for g in gens)}
