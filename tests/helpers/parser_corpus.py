@@ -178,7 +178,9 @@ def chunk_tokens(text: str, tokenizer) -> list[Chunk]:
 
 def chunk_random(text: str, tokenizer, seed: int) -> list[Chunk]:
     rng = random.Random(seed)
-    cuts = sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(1, 12))))
+    # A text of 0 or 1 characters has no cut points: its only chunking is the whole text.
+    cuts = sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(1, 12)))
+                  ) if len(text) > 1 else []
     return _with_ids(text, cuts, tokenizer)
 
 
@@ -190,6 +192,5 @@ def chunkings(text: str, tokenizer, seeds=(0, 1, 2)) -> dict[str, list[Chunk]]:
     out = {"chars": chunk_chars(text, tokenizer), "tokens": chunk_tokens(text, tokenizer),
            "whole": chunk_whole(text, tokenizer)}
     for seed in seeds:
-        if len(text) > 1:
-            out[f"random{seed}"] = chunk_random(text, tokenizer, seed)
+        out[f"random{seed}"] = chunk_random(text, tokenizer, seed)
     return out
