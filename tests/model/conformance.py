@@ -155,3 +155,31 @@ def reference_greedy(model, ids: list[int], steps: int) -> tuple[list[int], int]
             decided = step
         seq.append(tokens[-1])
     return tokens, steps if decided is None else decided
+
+
+def assert_serves_as_reference(served: dict, model, margins: RoutingMargins,
+                               prompts: list[list[int]], steps: int, tag: str) -> None:
+    """A served run (run_vllm with prompt logits) against the fp32 reference `model`: prompt
+    logits within the tolerances above at every well-routed position (at least half of
+    them), and greedy tokens equal to the reference's over every step it decides beyond a
+    near-tie (at least half of all steps). Every failure is reported, not only the first."""
+    report = LogitReport()
+    for i, (ids, got) in enumerate(zip(prompts, served["prompt_logits"])):
+        margins.reset()
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].float()
+        compare_logits(got, ref, ids, margins.well_routed(), report, f"prompt {i}")
+    print(f"{tag}: {report.compared}/{report.positions} positions, cosine >= "
+          f"{report.min_cosine:.6f}, log-prob error <= {report.max_logprob_err:.4f}")
+    assert report.compared >= report.positions // 2, "too few well-routed positions to judge"
+    covered, failures = 0, list(report.failures)
+    for i, (ids, got) in enumerate(zip(prompts, served["tokens"])):
+        want, decided = reference_greedy(model, ids, steps)
+        covered += decided
+        if got[:decided] != want[:decided]:
+            step = next(s for s in range(decided) if got[s] != want[s])
+            failures.append(f"prompt {i}: greedy step {step} token {got[step]} != reference "
+                            f"{want[step]} (steps 0..{decided - 1} are decided in fp32)")
+    # Peaked logits (logit_peak=2): most greedy steps are decided beyond bf16 noise.
+    assert covered >= steps * len(prompts) // 2, f"only {covered} decided greedy steps"
+    assert not failures, "\n".join(failures)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 pytest.importorskip("vllm")
 
@@ -101,23 +100,4 @@ def reference(ckpts):
 def test_w8a8_int8_serves_as_its_bf16_twin(served, reference, prompts):
     model, margins = reference
     assert served["classes"] == [OURS]
-    report = conformance.LogitReport()
-    for i, (ids, got) in enumerate(zip(prompts, served["prompt_logits"])):
-        margins.reset()
-        with torch.no_grad():
-            ref = model(torch.tensor([ids])).logits[0].float()
-        conformance.compare_logits(got, ref, ids, margins.well_routed(), report, f"prompt {i}")
-    print(f"int8-channel: {report.compared}/{report.positions} positions, cosine >= "
-          f"{report.min_cosine:.6f}, log-prob error <= {report.max_logprob_err:.4f}")
-    assert report.compared >= report.positions // 2, "too few well-routed positions to judge"
-    covered, failures = 0, list(report.failures)
-    for i, (ids, got) in enumerate(zip(prompts, served["tokens"])):
-        want, decided = conformance.reference_greedy(model, ids, STEPS)
-        covered += decided
-        if got[:decided] != want[:decided]:
-            step = next(s for s in range(decided) if got[s] != want[s])
-            failures.append(f"prompt {i}: greedy step {step} token {got[step]} != reference "
-                            f"{want[step]} (steps 0..{decided - 1} are decided in fp32)")
-    # Peaked logits (logit_peak=2): most greedy steps are decided beyond bf16 noise.
-    assert covered >= STEPS * len(prompts) // 2, f"only {covered} decided greedy steps"
-    assert not failures, "\n".join(failures)
+    conformance.assert_serves_as_reference(served, model, margins, prompts, STEPS, "int8-channel")
