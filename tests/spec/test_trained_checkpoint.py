@@ -2,9 +2,9 @@
 
 What is written is the model that was trained (transformers' DeepseekV3, the tests' fp32
 reference, reads the checkpoint and computes the trainer's logits), the model has learnt its
-dialogues (most of the answers' tokens, teacher-forced; measured 81%, 15 of 36 dialogues
-word for word), and its MTP layer predicts the next-next token at every draft depth it was
-trained for (measured 98-99%). The engine tests then measure the same through vLLM.
+dialogues (every answer token, teacher-forced: measured 100%, 36 of 36 dialogues word for
+word), and its MTP layer predicts the next-next token at every draft depth it was trained
+for (measured 100%). The engine tests then measure the same through vLLM.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from ds_plugin.testing import tiny_corpus, tiny_lm, train_tiny
-from tests.spec.common import MTP_ENGINE_TESTS
 
-pytestmark = MTP_ENGINE_TESTS  # it trains the checkpoint (~8 min on a clean machine)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +73,8 @@ def test_model_learnt_its_dialogues_and_mtp_predicts(trained, record_property):
     record_property("main_accuracy", right / total)
     print(f"main next-token accuracy {right / total:.3f} ({exact}/{len(seqs)} answers whole); "
           f"MTP next-next-token accuracy per draft depth (fp32, answers): {accuracy}")
-    # Floors a little under what was measured (81%, 15 whole, 98-99%): a trainer, export or
-    # corpus change that stops the model learning fails here.
-    assert right / total >= 0.78 and exact >= 12
-    assert min(accuracy) >= 0.95
+    # Measured 100%, 36 of 36 whole, 100% per depth (2026-12-02; LR 5e-3 before reached only
+    # 66-89% depending on the CPU). A trainer, export or corpus change that stops the model
+    # learning fails here; the floors leave a dialogue or two of slack for another CPU.
+    assert right / total >= 0.97 and exact >= len(seqs) - 3
+    assert min(accuracy) >= 0.97
