@@ -42,11 +42,18 @@ def main(request_path: str, out_path: str) -> None:
     from tests.helpers.vllm_api import LLM, SamplingParams, TokensPrompt
 
     req = json.loads(open(request_path).read())
+    tp = req.get("tp", 1)
+    # One rank: engine core and worker in this process (vLLM's in-process LLM): the same
+    # model, compile and scheduler as served, without two process spawns and vLLM imports
+    # (~20 s a start on the CI box). The servers of tests/e2e run vLLM's process layout.
+    topology = {"distributed_executor_backend": "uni"} if tp == 1 else {}
+    if tp == 1:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     t0 = time.perf_counter()
-    llm = LLM(model=req["model"], tensor_parallel_size=req.get("tp", 1), dtype="bfloat16",
+    llm = LLM(model=req["model"], tensor_parallel_size=tp, dtype="bfloat16",
               max_model_len=512, max_num_seqs=8, seed=0, max_logprobs=-1,
               gpu_memory_utilization=req.get("memory_fraction", 0.15),
-              logprobs_mode="raw_logits", **req.get("engine", {}))
+              logprobs_mode="raw_logits", **topology, **req.get("engine", {}))
     startup_s = time.perf_counter() - t0
     import vllm_runner
 

@@ -88,14 +88,28 @@ def _gap(step) -> float:
     return top[0] - top[1] if len(top) > 1 else float("inf")
 
 
+def topology(tp: int, engine: dict) -> dict:
+    """One rank: engine core and worker in this process (vLLM's in-process LLM,
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 + the uni executor): the same model, compile and
+    scheduler as served, without two process spawns and vLLM imports (~20 s a start on
+    the CI box). Two ranks need worker processes: vLLM's default multiprocessing. So does
+    a run with model_class_overrides: this process's registry has resolved the classes of
+    the earlier runs and would keep them (seen: the in-tree draft run built ours)."""
+    alone = tp == 1 and "model_class_overrides" not in engine
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if alone else "1"
+    return {"distributed_executor_backend": "uni"} if alone else {}
+
+
 def _run_one(req: dict, mtp_runner, api) -> dict:
     LLM, SamplingParams, TokensPrompt = api
     os.environ.update(req.get("env", {}))
     t0 = time.perf_counter()
-    llm = LLM(model=req["model"], tensor_parallel_size=req.get("tp", 1), dtype="bfloat16",
+    tp = req.get("tp", 1)
+    llm = LLM(model=req["model"], tensor_parallel_size=tp, dtype="bfloat16",
               max_model_len=1024, max_num_seqs=8, seed=0, skip_tokenizer_init=True,
               gpu_memory_utilization=req.get("memory_fraction", 0.15),
-              disable_log_stats=False, **req.get("engine", {}))
+              disable_log_stats=False, **topology(tp, req.get("engine", {})),
+              **req.get("engine", {}))
     startup_s = time.perf_counter() - t0
     try:
         classes = llm.collective_rpc(mtp_runner.worker_classes)
