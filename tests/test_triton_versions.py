@@ -51,7 +51,11 @@ def test_kernel_suite_under_triton_3_8_interpreter(capsys):
                            capture_output=True, text=True, env=env, timeout=300)
     assert probe.stdout.split()[:1] == [TRITON], probe.stdout + probe.stderr
     assert probe.stdout.split()[1].startswith(str(overlay)), probe.stdout
-    r = subprocess.run([sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider"],
+    # Every kernel test but the tensor-parallel shard sums (test_tp_shards.py): those run
+    # the same kernels again on per-rank slices of the same shapes, a question of sharding,
+    # not of the Triton release, and are the suite's slowest file (~170 s on a 2-core box).
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/kernels", "-q", "-p", "no:cacheprovider",
+                        "--ignore=tests/kernels/test_tp_shards.py"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
     with capsys.disabled():
         tail = "\n".join(r.stdout.strip().splitlines()[-3:])

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from ds_plugin.testing.server import child_env
 
 RUNNER = Path(__file__).with_name("mtp_runner.py")
-# Opt-in while issue 11 is open: the trained checkpoint costs ~8 min of training on a clean
-# machine and these tests 8 + 3 engine starts (~20 min on 2 cores), which would take CI past
-# its limit. `DS_PLUGIN_MTP_TESTS=1 bash scripts/test.sh tests/spec` runs them.
-MTP_ENGINE_TESTS = pytest.mark.skipif(not os.environ.get("DS_PLUGIN_MTP_TESTS"),
-                                      reason="MTP engine tests are opt-in: DS_PLUGIN_MTP_TESTS=1")
 
 # Dialogues the trained checkpoint knows (long and short answers, a thought, a tool call),
 # then two it does not, where it writes text of its own that the draft must still predict.

@@ -29,7 +29,7 @@ import pytest
 from ds_plugin.testing import train_tiny
 from tests.spec import common as P
 
-pytestmark = [pytest.mark.engine, P.MTP_ENGINE_TESTS]
+pytestmark = pytest.mark.engine
 
 OURS_DRAFT = "ds_plugin.spec.mtp.DeepSeekMTP"
 IN_TREE_DRAFT = "vllm.model_executor.models.deepseek_mtp.DeepSeekMTP"
@@ -38,11 +38,11 @@ NEAR_TIE = 0.25        # nats between the top two log-probs of the run without M
 MARGIN_TIE = 0.25      # logits between a draft's top two (draft proposals)
 MAX_TOKENS = 48
 # Mean accepted length (1 + accepted / drafts, vLLM's definition) on these prompts, measured
-# 2026-12-02 on the shared 2-core CPU box: k=1 1.32, k=2 1.41 (fp8), k=3 1.47 (the trained
-# model's own greedy text repeats where it has not learnt a dialogue, which the draft, trained
-# on the dialogues, predicts less well). The floors sit under those, so a draft with a wrong
-# hidden state, norm, position or layer choice (accepting ~nothing) fails.
-FLOOR = {1: 1.25, 2: 1.3, 3: 1.35}
+# 2026-12-02 (2-core AVX-512 box, the converged checkpoint): k=1 1.95, k=2 2.85 (fp8), k=3
+# 3.72, ours and in-tree alike (SGLang's CI asks > 2.8 at 3 steps on the real model). The
+# floors sit ~10% under, for another CPU's training run and its own text on the two unknown
+# prompts; a draft with a wrong hidden state, norm, position or layer choice accepts ~nothing.
+FLOOR = {1: 1.75, 2: 2.55, 3: 3.3}
 
 RUNS = {  # name: (quant, tp, k, draft), in run order
     "bf16-off": ("bf16", 1, 0, None),
@@ -119,8 +119,8 @@ def test_greedy_with_mtp_equals_without(name, served, record_property):
     total = sum(len(t) for t in off["tokens"])
     record_property("steps_compared", compared)
     print(f"{name}: {compared}/{total} greedy steps identical with MTP on and off")
-    # Measured 150-151 of 278 (54%): the model repeats itself where it has not learnt a
-    # dialogue, and repetition is decided by near-ties.
+    # Measured 229 of 229 on the converged checkpoint (150 of 278 on the earlier, underfit
+    # one, whose repetitions were decided by near-ties).
     assert compared >= 0.5 * total, "too many near-ties to judge"
     spec = on["spec"]
     assert spec["num_drafts"] > 0 and spec["num_draft_tokens"] > 0
@@ -154,6 +154,12 @@ def test_acceptance_equals_in_tree_and_meets_floor(served, record_property):
     for name, f in figures.items():
         print(f"{name}: acceptance rate {f['rate']:.3f}, mean accepted length "
               f"{f['mean_len']:.3f}, per position {f['per_pos']}")
+    for name in SPEC_RUNS:  # CPU decode speed, relative only (benchmarks/bench_mtp.py)
+        quant, tp = RUNS[name][:2]
+        off = served(f"{quant}-tp2-off" if tp > 1 else f"{quant}-off")
+        rate = lambda r: sum(map(len, r["tokens"])) / r["decode_s"]  # noqa: E731
+        print(f"{name}: {rate(served(name)):.1f} tok/s, {rate(served(name)) / rate(off):.2f}x "
+              f"of no MTP ({rate(off):.1f} tok/s; {len(off['tokens'])} prompts at once)")
     ours, theirs = figures["bf16-k3"], figures["bf16-k3-in-tree"]
     assert abs(ours["mean_len"] - theirs["mean_len"]) <= 0.05 * theirs["mean_len"]
     for k, name in ((1, "bf16-k1"), (2, "fp8-k2"), (3, "bf16-k3")):

@@ -16,10 +16,9 @@ import json
 import pytest
 
 from ds_plugin.testing import train_tiny
-from tests.spec.common import MTP_ENGINE_TESTS
 from ds_plugin.testing.server import CPU_DEFAULT_ARGS, ServerError, VllmServer
 
-pytestmark = [pytest.mark.engine, MTP_ENGINE_TESTS]
+pytestmark = pytest.mark.engine
 
 NAME = "tiny"
 ARGS = [*CPU_DEFAULT_ARGS, "--served-model-name", NAME, "--enable-auto-tool-choice",
